@@ -1,0 +1,121 @@
+// Module entry: SIMD level reporting, kernel hooks for tests, bandwidth probe, index classes.
+#include <napi.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+
+#include "../kernels/dispatch.h"
+#include "util.h"
+
+namespace funnel::binding {
+
+void init_index_classes(Napi::Env env, Napi::Object exports);
+
+namespace {
+
+Napi::Value SimdLevelName(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), active_kernels().name);
+}
+
+Napi::Value AvailableSimdLevels(const Napi::CallbackInfo& info) {
+  Napi::Array out = Napi::Array::New(info.Env());
+  uint32_t n = 0;
+  for (SimdLevel l : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512, SimdLevel::kNeon}) {
+    if (kernels_for(l) != nullptr) out.Set(n++, Napi::String::New(info.Env(), simd_level_name(l)));
+  }
+  return out;
+}
+
+const KernelTable& table_arg(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsString()) throw_code(env, "ERR_INVALID_ARG", "level must be a string");
+  std::string name = v.As<Napi::String>().Utf8Value();
+  SimdLevel level;
+  if (!parse_simd_level(name.c_str(), &level)) throw_code(env, "ERR_INVALID_ARG", "unknown SIMD level " + name);
+  const KernelTable* t = kernels_for(level);
+  if (t == nullptr) throw_code(env, "ERR_INVALID_ARG", "SIMD level " + name + " is not available on this CPU");
+  return *t;
+}
+
+// kernel(level, 'dot'|'l2sq'|'cos', a, b): one f32 kernel call at a forced level.
+Napi::Value Kernel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const KernelTable& t = table_arg(env, info[0]);
+  std::string name = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+  Napi::Float32Array a = float32_arg(env, info[2], "a");
+  Napi::Float32Array b = float32_arg(env, info[3], "b");
+  if (a.ElementLength() != b.ElementLength()) throw_code(env, "ERR_DIMENSION_MISMATCH", "a and b differ in length");
+  size_t n = a.ElementLength();
+  float r;
+  if (name == "dot") r = t.dot_f32(a.Data(), b.Data(), n);
+  else if (name == "l2sq") r = t.l2sq_f32(a.Data(), b.Data(), n);
+  else if (name == "cos") r = t.cos_f32(a.Data(), b.Data(), n);
+  else if (name == "dotRows" || name == "l2sqRows") {
+    // a is one query of length dim = info[4]; b holds rows of the same length.
+    size_t dim = size_t(int_arg(env, info[4], "dim", 1, 4096));
+    if (a.ElementLength() % dim != 0) throw_code(env, "ERR_DIMENSION_MISMATCH", "rows not a multiple of dim");
+    size_t rows = b.ElementLength() / dim;
+    Napi::Float32Array out = Napi::Float32Array::New(env, rows);
+    (name == "dotRows" ? t.dot_f32_rows : t.l2sq_f32_rows)(a.Data(), b.Data(), dim, rows, dim, out.Data());
+    return out;
+  } else {
+    throw_code(env, "ERR_INVALID_ARG", "unknown kernel " + name);
+  }
+  return Napi::Number::New(env, r);
+}
+
+Napi::Value KernelI8(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const KernelTable& t = table_arg(env, info[0]);
+  auto i8 = [&](const Napi::Value& v, const char* what) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int8_array) {
+      throw_code(env, "ERR_INVALID_ARG", std::string(what) + " must be an Int8Array");
+    }
+    return v.As<Napi::Int8Array>();
+  };
+  Napi::Int8Array a = i8(info[1], "a"), b = i8(info[2], "b");
+  if (a.ElementLength() != b.ElementLength()) throw_code(env, "ERR_DIMENSION_MISMATCH", "a and b differ in length");
+  return Napi::Number::New(env, t.dot_i8(a.Data(), b.Data(), a.ElementLength()));
+}
+
+// readBandwidth(bytes, reps): best-of-reps single-thread sequential read speed in bytes/s, read
+// through the active dot kernel (a buffer dotted with itself loads each line once).
+Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t bytes = size_t(int_arg(env, info[0], "bytes", 1 << 20, uint64_t(1) << 36));
+  unsigned reps = unsigned(int_arg(env, info[1], "reps", 1, 1000));
+  size_t n = bytes / sizeof(float);
+  std::unique_ptr<float, decltype(&std::free)> buf(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64)),
+                                                   &std::free);
+  if (!buf) throw_code(env, "ERR_INVALID_ARG", "cannot allocate the probe buffer");
+  for (size_t i = 0; i < n; ++i) buf.get()[i] = float(i & 7) * 0.125f;
+  const KernelTable& t = active_kernels();
+  double best = 0;
+  volatile float sink = 0;
+  for (unsigned r = 0; r < reps; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    sink = sink + t.dot_f32(buf.get(), buf.get(), n);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s > 0) best = std::max(best, double(n * 4) / s);
+  }
+  return Napi::Number::New(env, best);
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("simdLevel", Napi::Function::New(env, SimdLevelName, "simdLevel"));
+  exports.Set("availableSimdLevels", Napi::Function::New(env, AvailableSimdLevels, "availableSimdLevels"));
+  exports.Set("kernel", Napi::Function::New(env, Kernel, "kernel"));
+  exports.Set("kernelI8", Napi::Function::New(env, KernelI8, "kernelI8"));
+  exports.Set("readBandwidth", Napi::Function::New(env, ReadBandwidth, "readBandwidth"));
+  init_index_classes(env, exports);
+  return exports;
+}
+
+}  // namespace
+}  // namespace funnel::binding
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return funnel::binding::Init(env, exports); }
+
+NODE_API_MODULE(funnel_native, InitModule)

@@ -1,0 +1,174 @@
+/**
+ * The only importer of the native addon (native/build/Release/funnel_native.node).
+ *
+ * Conventions shared by every call:
+ * - vectors are Float32Array (any byteOffset); a batch is `count * dim` floats, row-major;
+ * - ids are 32-bit unsigned internal ids chosen by the caller (the store allocates them densely);
+ * - scores are "higher is better": `ip` = dot product, `cos` = cosine similarity,
+ *   `l2` = minus the squared Euclidean distance; results come best first;
+ * - every failure is an `Error` whose `code` is one of {@link NativeErrorCode}.
+ */
+import * as path from 'node:path';
+
+/** Distance function of an index. */
+export type Metric = 'ip' | 'cos' | 'l2';
+/** Instruction set of the kernels in use. */
+export type SimdLevel = 'scalar' | 'avx2' | 'avx512' | 'neon';
+/** How a filtered query is answered: `auto` lets the planner choose per query. */
+export type SearchPlan = 'auto' | 'scan' | 'graph';
+
+/** The `code` of every Error the addon throws. */
+export type NativeErrorCode =
+  | 'ERR_INVALID_ARG'
+  | 'ERR_DIMENSION_MISMATCH'
+  | 'ERR_NON_FINITE'
+  | 'ERR_K_OUT_OF_RANGE'
+  | 'ERR_UNKNOWN_ID'
+  | 'ERR_CORRUPT_INDEX'
+  | 'ERR_IO';
+
+/** Options of a new HNSW index. */
+export interface HnswOptions {
+  dim: number;
+  metric: Metric;
+  /** Graph degree on upper layers (level 0 keeps 2*M). Default 16. */
+  M?: number;
+  /** Beam width while building. Default 200. */
+  efConstruction?: number;
+  /** Initial id capacity (grows on demand). Default 1024. */
+  capacity?: number;
+  /** `int8` keeps an int8 copy for traversal and re-ranks the best candidates in float. Default `none`. */
+  quantization?: 'none' | 'int8';
+  /** Seed of the level generator, for reproducible graphs. Default 42. */
+  seed?: number;
+}
+
+/** Options of one search. */
+export interface SearchOptions {
+  /** Beam width at level 0 (raised to k when lower). Default: the index's `ef`. */
+  ef?: number;
+  /** Only these ids may be returned: sorted ascending, no duplicates. */
+  allowIds?: Uint32Array;
+  /** Only ids whose bit is set may be returned: bit `i` is `(allowBits[i >> 5] >>> (i & 31)) & 1`. */
+  allowBits?: Uint32Array;
+  /** Planner override for filtered queries. Default `auto`. */
+  plan?: SearchPlan;
+  /** Quantized indexes: how many candidates are re-ranked in float. Default max(ef, 2k). */
+  rerank?: number;
+}
+
+/** One query's answer: `ids[i]` has `scores[i]`, best first; shorter than k only when fewer ids are allowed. */
+export interface SearchResult {
+  ids: Uint32Array;
+  scores: Float32Array;
+  /** What the planner did: `graph` (unfiltered or in-graph filtered traversal) or `scan` (exact scan of allowed ids). */
+  plan: 'graph' | 'scan';
+  /** Number of distance evaluations spent. */
+  visited: number;
+}
+
+/** Answers of `count` queries: row `q` is `ids[q*k .. q*k+k)`; missing slots hold id 0xFFFFFFFF and score -Infinity. */
+export interface BatchResult {
+  k: number;
+  ids: Uint32Array;
+  scores: Float32Array;
+}
+
+/** Operations common to both index kinds. */
+export interface VectorIndex {
+  readonly dim: number;
+  readonly metric: Metric;
+  /** Number of live (not removed) ids. */
+  readonly size: number;
+  /** One more than the largest id ever stored. */
+  readonly capacity: number;
+  /** Inserts or replaces the vector of `id`. */
+  add(id: number, vector: Float32Array): void;
+  /** Inserts or replaces `ids.length` vectors (`vectors.length == ids.length * dim`); `threads` > 1 builds in parallel. */
+  addBatch(ids: Uint32Array, vectors: Float32Array, threads?: number): void;
+  /** Same as addBatch, off the event loop. */
+  addBatchAsync(ids: Uint32Array, vectors: Float32Array, threads?: number): Promise<void>;
+  /** Removes `id`; a removed id is never returned. Throws ERR_UNKNOWN_ID if absent. */
+  remove(id: number): void;
+  has(id: number): boolean;
+  /** Copy of the stored vector of `id` (normalised for `cos`). */
+  getVector(id: number): Float32Array;
+  search(query: Float32Array, k: number, options?: SearchOptions): SearchResult;
+  searchAsync(query: Float32Array, k: number, options?: SearchOptions): Promise<SearchResult>;
+  searchBatch(queries: Float32Array, k: number, options?: SearchOptions): BatchResult;
+  searchBatchAsync(queries: Float32Array, k: number, options?: SearchOptions): Promise<BatchResult>;
+  /** Writes the index to one file (atomically: temp file then rename). */
+  save(file: string): void;
+  /** Approximate bytes held by the index. */
+  memoryBytes(): number;
+}
+
+/** HNSW graph index with in-graph filtering. */
+export interface HnswIndex extends VectorIndex {
+  /** Default beam width of searches. */
+  ef: number;
+  readonly M: number;
+  readonly efConstruction: number;
+  readonly quantization: 'none' | 'int8';
+  /** True when the index is served from a read-only memory map (load with mmap). */
+  readonly mapped: boolean;
+}
+
+/** Exact index: SIMD scan, batched so that many queries share one pass over memory. */
+export type FlatIndex = VectorIndex;
+
+interface NativeModule {
+  simdLevel(): SimdLevel;
+  availableSimdLevels(): SimdLevel[];
+  kernel(level: SimdLevel, name: 'dot' | 'l2sq' | 'cos', a: Float32Array, b: Float32Array): number;
+  kernelI8(level: SimdLevel, a: Int8Array, b: Int8Array): number;
+  readBandwidth(bytes: number, reps: number): number;
+  HnswIndex: {
+    new (options: HnswOptions): HnswIndex;
+    load(file: string, options?: { mmap?: boolean }): HnswIndex;
+  };
+  FlatIndex: {
+    new (options: { dim: number; metric: Metric; capacity?: number }): FlatIndex;
+    load(file: string): FlatIndex;
+  };
+}
+
+function loadAddon(): NativeModule {
+  const root = path.resolve(__dirname, '..', '..', '..');
+  const candidates = [
+    path.join(root, 'native', 'build', 'Release', 'funnel_native.node'),
+    path.resolve(__dirname, '..', '..', 'native', 'build', 'Release', 'funnel_native.node'),
+  ];
+  let lastError: unknown;
+  for (const file of candidates) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      return require(file) as NativeModule;
+    } catch (err) {
+      lastError = err;
+      if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+    }
+  }
+  throw new Error(`funnel native addon not built (run npm install): ${String(lastError)}`);
+}
+
+const addon = loadAddon();
+
+/** Instruction set chosen at load (CPUID, or FUNNEL_SIMD=scalar|avx2|avx512|neon). */
+export const simdLevel = (): SimdLevel => addon.simdLevel();
+/** Instruction sets compiled in and supported by this CPU, scalar first. */
+export const availableSimdLevels = (): SimdLevel[] => addon.availableSimdLevels();
+/** HNSW graph index: `new HnswIndex({dim, metric})` or `HnswIndex.load(file)`. */
+export const HnswIndex = addon.HnswIndex;
+/** Exact index: `new FlatIndex({dim, metric})` or `FlatIndex.load(file)`. */
+export const FlatIndex = addon.FlatIndex;
+
+/** Test and benchmark hooks: one kernel call at a forced instruction set, memory bandwidth. */
+export const internals = {
+  /** One f32 kernel (`dot`, `l2sq` = squared L2, `cos` = cosine similarity) at `level`. */
+  kernel: addon.kernel,
+  /** int8 dot product at `level`, exact int32 result. */
+  kernelI8: addon.kernelI8,
+  /** Single-thread sequential read bandwidth in bytes/s over a buffer of `bytes`, best of `reps`. */
+  readBandwidth: addon.readBandwidth,
+};
