@@ -97,8 +97,10 @@ export interface VectorIndex {
   searchAsync(query: Float32Array, k: number, options?: SearchOptions): Promise<SearchResult>;
   searchBatch(queries: Float32Array, k: number, options?: SearchOptions): BatchResult;
   searchBatchAsync(queries: Float32Array, k: number, options?: SearchOptions): Promise<BatchResult>;
-  /** Writes the index to one file (atomically: temp file then rename). */
-  save(file: string): void;
+  /** Writes the index to one file (atomically: temp file, fsync, rename); `tag` is kept for the caller (e.g. a change sequence number). */
+  save(file: string, options?: { tag?: number }): void;
+  /** The `tag` given to save() of the file this index was loaded from; 0 otherwise. */
+  readonly tag: number;
   /** Approximate bytes held by the index. */
   memoryBytes(): number;
 }
@@ -121,15 +123,17 @@ interface NativeModule {
   simdLevel(): SimdLevel;
   availableSimdLevels(): SimdLevel[];
   kernel(level: SimdLevel, name: 'dot' | 'l2sq' | 'cos', a: Float32Array, b: Float32Array): number;
+  kernelRows(level: SimdLevel, name: 'dot' | 'l2sq', query: Float32Array, rows: Float32Array): Float32Array;
   kernelI8(level: SimdLevel, a: Int8Array, b: Int8Array): number;
   readBandwidth(bytes: number, reps: number): number;
   HnswIndex: {
     new (options: HnswOptions): HnswIndex;
-    load(file: string, options?: { mmap?: boolean }): HnswIndex;
+    /** `mmap`: share the file's pages copy-on-write; `verify` (default true): check section checksums. */
+    load(file: string, options?: { mmap?: boolean; verify?: boolean }): HnswIndex;
   };
   FlatIndex: {
     new (options: { dim: number; metric: Metric; capacity?: number }): FlatIndex;
-    load(file: string): FlatIndex;
+    load(file: string, options?: { verify?: boolean }): FlatIndex;
   };
 }
 
@@ -167,6 +171,8 @@ export const FlatIndex = addon.FlatIndex;
 export const internals = {
   /** One f32 kernel (`dot`, `l2sq` = squared L2, `cos` = cosine similarity) at `level`. */
   kernel: addon.kernel,
+  /** One query against `rows.length / query.length` consecutive rows at `level`. */
+  kernelRows: addon.kernelRows,
   /** int8 dot product at `level`, exact int32 result. */
   kernelI8: addon.kernelI8,
   /** Single-thread sequential read bandwidth in bytes/s over a buffer of `bytes`, best of `reps`. */

@@ -52,18 +52,27 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
   if (name == "dot") r = t.dot_f32(a.Data(), b.Data(), n);
   else if (name == "l2sq") r = t.l2sq_f32(a.Data(), b.Data(), n);
   else if (name == "cos") r = t.cos_f32(a.Data(), b.Data(), n);
-  else if (name == "dotRows" || name == "l2sqRows") {
-    // a is one query of length dim = info[4]; b holds rows of the same length.
-    size_t dim = size_t(int_arg(env, info[4], "dim", 1, 4096));
-    if (a.ElementLength() % dim != 0) throw_code(env, "ERR_DIMENSION_MISMATCH", "rows not a multiple of dim");
-    size_t rows = b.ElementLength() / dim;
-    Napi::Float32Array out = Napi::Float32Array::New(env, rows);
-    (name == "dotRows" ? t.dot_f32_rows : t.l2sq_f32_rows)(a.Data(), b.Data(), dim, rows, dim, out.Data());
-    return out;
-  } else {
-    throw_code(env, "ERR_INVALID_ARG", "unknown kernel " + name);
-  }
+  else throw_code(env, "ERR_INVALID_ARG", "unknown kernel " + name);
   return Napi::Number::New(env, r);
+}
+
+// kernelRows(level, 'dot'|'l2sq', query, rows): the one-query-many-rows kernel; rows.length is a multiple of query.length.
+Napi::Value KernelRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const KernelTable& t = table_arg(env, info[0]);
+  std::string name = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+  Napi::Float32Array q = float32_arg(env, info[2], "query");
+  Napi::Float32Array rows = float32_arg(env, info[3], "rows");
+  size_t dim = q.ElementLength();
+  if (dim == 0 || rows.ElementLength() % dim != 0) {
+    throw_code(env, "ERR_DIMENSION_MISMATCH", "rows length is not a multiple of the query length");
+  }
+  size_t count = rows.ElementLength() / dim;
+  Napi::Float32Array out = Napi::Float32Array::New(env, count);
+  if (name == "dot") t.dot_f32_rows(q.Data(), rows.Data(), dim, count, dim, out.Data());
+  else if (name == "l2sq") t.l2sq_f32_rows(q.Data(), rows.Data(), dim, count, dim, out.Data());
+  else throw_code(env, "ERR_INVALID_ARG", "unknown kernel " + name);
+  return out;
 }
 
 Napi::Value KernelI8(const Napi::CallbackInfo& info) {
@@ -107,6 +116,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("simdLevel", Napi::Function::New(env, SimdLevelName, "simdLevel"));
   exports.Set("availableSimdLevels", Napi::Function::New(env, AvailableSimdLevels, "availableSimdLevels"));
   exports.Set("kernel", Napi::Function::New(env, Kernel, "kernel"));
+  exports.Set("kernelRows", Napi::Function::New(env, KernelRows, "kernelRows"));
   exports.Set("kernelI8", Napi::Function::New(env, KernelI8, "kernelI8"));
   exports.Set("readBandwidth", Napi::Function::New(env, ReadBandwidth, "readBandwidth"));
   init_index_classes(env, exports);

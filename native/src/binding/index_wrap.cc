@@ -113,7 +113,7 @@ SearchArgs parse_search(Napi::Env env, const Handle& h, const Napi::Value& kv, c
   if (has_ids && has_bits) throw_code(env, "ERR_INVALID_ARG", "pass allowIds or allowBits, not both");
   if (has_ids) {
     Napi::Uint32Array ids = uint32_arg(env, o.Get("allowIds"), "allowIds");
-    check_sorted_ids(ids.Data(), ids.ElementLength(), "allowIds");
+    guard(env, [&] { check_sorted_ids(ids.Data(), ids.ElementLength(), "allowIds"); });
     a.sp.filter.active = true;
     a.sp.filter.ids = ids.Data();
     a.sp.filter.id_count = ids.ElementLength();

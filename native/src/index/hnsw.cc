@@ -564,22 +564,28 @@ QueryResult HnswIndex::search(const float* query, const SearchParams& sp) const 
     uint32_t ef = std::max(sp.ef ? sp.ef : ef_.load(std::memory_order_relaxed), sp.k);
     use_scan = sp.filter.allowed_count() <= std::max<size_t>(1024, size_t(ef) * M0_);
   }
+  auto run_scan = [&](QueryResult* r) {
+    if (sp.filter.active) return scan(q, sp, r);
+    std::vector<uint32_t> every(std::min(capacity_, id_limit()));
+    for (uint32_t i = 0; i < every.size(); ++i) every[i] = i;
+    SearchParams all = sp;
+    all.filter.active = true;
+    all.filter.ids = every.data();
+    all.filter.id_count = every.size();
+    scan(q, all, r);
+  };
   if (use_scan) {
-    if (!sp.filter.active) {
-      Filter all;
-      all.active = true;
-      std::vector<uint32_t> every(std::min(capacity_, id_limit()));
-      for (uint32_t i = 0; i < every.size(); ++i) every[i] = i;
-      all.ids = every.data();
-      all.id_count = every.size();
-      SearchParams copy = sp;
-      copy.filter = all;
-      scan(q, copy, &out);
-    } else {
-      scan(q, sp, &out);
-    }
+    run_scan(&out);
   } else {
     graph_search(q, sp, &out);
+    // A walk that found fewer than k eligible ids (an allowed set the graph barely reaches, or
+    // k near the index size) falls back to the exact scan: an answer is never short while
+    // eligible ids remain.
+    if (out.ids.size() < sp.k) {
+      uint64_t walked = out.visited;
+      run_scan(&out);
+      out.visited += walked;
+    }
   }
   return out;
 }
