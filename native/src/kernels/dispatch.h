@@ -18,7 +18,7 @@ struct KernelTable {
   float (*l2sq_f32)(const float* a, const float* b, size_t n);
   /// dot(a,b) / (|a| |b|); 0 when either norm is 0
   float (*cos_f32)(const float* a, const float* b, size_t n);
-  /// sum a[i]*b[i] over int8, exact in int32 for n <= 2^17
+  /// sum a[i]*b[i] over int8, exact in int32 for n < 2^17
   int32_t (*dot_i8)(const int8_t* a, const int8_t* b, size_t n);
   /// out[j] = dot(q, rows + j*stride) for j < count: one query against consecutive rows
   void (*dot_f32_rows)(const float* q, const float* rows, size_t stride, size_t count, size_t n, float* out);
