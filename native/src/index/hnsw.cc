@@ -36,6 +36,13 @@ inline uint64_t splitmix64(uint64_t x) {
 
 inline void prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
 
+// Prefetches every cache line of a vector: the hardware prefetcher alone fetches the first
+// lines late, and a 128-d float vector spans eight of them.
+inline void prefetch_lines(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+}
+
 // Per-thread scratch reused across searches: visited marks (epoch-tagged), a bitset for
 // sorted-id filters, the query in stored form and its int8 code.
 struct Scratch {
@@ -219,7 +226,11 @@ std::vector<Scored> HnswIndex::search_layer(const float* q, uint32_t ep, uint32_
       prefetch(vectors_.data() + size_t(nb) * p_.dim);
       s.batch.push_back(nb);
     }
-    for (uint32_t nb : s.batch) {
+    const size_t nbatch = s.batch.size();
+    if (nbatch > 0) prefetch_lines(vectors_.data() + size_t(s.batch[0]) * p_.dim, p_.dim * sizeof(float));
+    for (size_t bi = 0; bi < nbatch; ++bi) {
+      const uint32_t nb = s.batch[bi];
+      if (bi + 1 < nbatch) prefetch_lines(vectors_.data() + size_t(s.batch[bi + 1]) * p_.dim, p_.dim * sizeof(float));
       float d = dist_query(q, nb);
       if (!top.full() || d < top.worst()) {
         cand.push({d, nb});
@@ -526,7 +537,12 @@ void HnswIndex::graph_search(const float* q, const SearchParams& sp, QueryResult
         s.batch.push_back(nb2);
       }
     }
-    for (uint32_t nb : s.batch) {
+    const size_t vbytes = qc != nullptr ? d : d * sizeof(float);
+    const size_t nbatch = s.batch.size();
+    if (nbatch > 0) prefetch_lines(vec_addr(s.batch[0]), vbytes);
+    for (size_t bi = 0; bi < nbatch; ++bi) {
+      const uint32_t nb = s.batch[bi];
+      if (bi + 1 < nbatch) prefetch_lines(vec_addr(s.batch[bi + 1]), vbytes);
       float dd = dist0(nb);
       ++visited;
       if (!top.full() || dd < top.worst()) {
