@@ -1,0 +1,427 @@
+/**
+ * The data directory: an LMDB environment holding every ad (metadata, targeting, embedding),
+ * today's spend, engagement counters, a change log and a change sequence number; plus the ANN
+ * index file (see ann-sync.ts) tagged with the sequence number it reflects.
+ *
+ * Layout of DIR:
+ *   funnel-data.json   format marker {"format": "funnel-data", "version": N}
+ *   catalog.mdb        LMDB environment (and catalog.mdb-lock)
+ *   ann.fidx           HNSW index file, tagged with the sequence number it reflects
+ *
+ * Every write is one LMDB transaction and bumps the sequence number by one; the change log
+ * records which internal ids each sequence number touched, so an ANN file saved at an older
+ * sequence catches up instead of being trusted. Internal ids are dense 32-bit integers, reused
+ * after deletion, so bitsets over them stay small.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import type { CatalogRow, Conjunction } from './catalog-schema';
+
+/** Current data-directory format version (and the newest this build opens). */
+export const DATA_FORMAT_VERSION = 1;
+/** Name of the format marker file. */
+export const MARKER_FILE = 'funnel-data.json';
+/** Name of the LMDB environment file. */
+export const LMDB_FILE = 'catalog.mdb';
+/** Name of the ANN index file. */
+export const ANN_FILE = 'ann.fidx';
+
+/** A data-directory problem (missing, foreign, corrupt, newer format, dimension clash). */
+export class DataDirError extends Error {
+  readonly code = 'ERR_DATA_DIR';
+}
+
+/** An ad as stored: the catalog row with times in epoch milliseconds and its internal id. */
+export interface AdRecord {
+  id: number;
+  ad_id: string;
+  advertiser_id: string;
+  campaign_id: string;
+  category: string;
+  status: 'active' | 'paused';
+  bid_micros: number;
+  /** null = unlimited */
+  daily_budget_micros: number | null;
+  quality: number;
+  ctr_prior: number;
+  /** null = everyone */
+  targeting: Conjunction[] | null;
+  start_ms: number | null;
+  end_ms: number | null;
+  /** Sequence number of the last change to this ad. */
+  seq: number;
+}
+
+/** ANN settings kept with the data (fixed at first ingest, changed only by a replace). */
+export interface AnnSettings {
+  metric: 'ip' | 'cos' | 'l2';
+  M: number;
+  efConstruction: number;
+}
+
+/** One logged change: internal id upserted (with an embedding) or removed. */
+export interface Change {
+  op: 'upsert' | 'remove';
+  id: number;
+}
+
+/** What one write transaction did. */
+export interface WriteResult {
+  seq: number;
+  inserted: number;
+  updated: number;
+  removed: number;
+}
+
+interface Meta {
+  format: string;
+  version: number;
+  seq: number;
+  dim: number | null;
+  next_id: number;
+  free_ids: number[];
+  ann: AnnSettings;
+}
+
+const DEFAULT_ANN: AnnSettings = { metric: 'ip', M: 16, efConstruction: 200 };
+
+function toRecord(row: CatalogRow, id: number, seq: number): AdRecord {
+  return {
+    id,
+    ad_id: row.ad_id,
+    advertiser_id: row.advertiser_id,
+    campaign_id: row.campaign_id,
+    category: row.category,
+    status: row.status,
+    bid_micros: row.bid_micros,
+    daily_budget_micros: row.daily_budget_micros ?? null,
+    quality: row.quality,
+    ctr_prior: row.ctr_prior,
+    targeting: row.targeting ?? null,
+    start_ms: row.start_time ? Date.parse(row.start_time) : null,
+    end_ms: row.end_time ? Date.parse(row.end_time) : null,
+    seq,
+  };
+}
+
+function embeddingBytes(values: ArrayLike<number>): Buffer {
+  const f = Float32Array.from(values as ArrayLike<number>);
+  return Buffer.from(f.buffer, f.byteOffset, f.byteLength);
+}
+
+// LMDB's meta page carries MDB_MAGIC right after the page header (16 bytes in LMDB 0.9, 24 in
+// the 1.0 format lmdb-js ships). LMDB itself trusts
+// its file and can crash on garbage, so the header is checked before the file is opened.
+const LMDB_MAGIC = 0xbeefc0de;
+function lmdbHeaderProblem(file: string): string | null {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const head = Buffer.alloc(4096 + 24);
+    const n = fs.readSync(fd, head, 0, head.length, 0);
+    if (n < head.length) return `${path.basename(file)} is truncated (${n} bytes)`;
+    if (head.readUInt32LE(16) !== LMDB_MAGIC && head.readUInt32LE(24) !== LMDB_MAGIC) return `${path.basename(file)} is not an LMDB file (bad magic)`;
+    return null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function isDirectoryEmpty(dir: string): boolean {
+  return fs.readdirSync(dir).length === 0;
+}
+
+/** The catalog store of one data directory. Writes are synchronous LMDB transactions. */
+export class CatalogStore {
+  private constructor(
+    /** Absolute path of the data directory. */
+    readonly dir: string,
+    private readonly env: RootDatabase,
+    private readonly meta: Database<Meta, string>,
+    private readonly adsDb: Database<AdRecord, string>,
+    private readonly idsDb: Database<string, number>,
+    private readonly embDb: Database<Buffer, number>,
+    private readonly logDb: Database<Change[], number>,
+    private readonly stagingDb: Database<CatalogRow, number>,
+  ) {}
+
+  /**
+   * Opens (or with `create`, creates) the data directory. Throws DataDirError naming the path
+   * when it is missing, not a funnel data directory, corrupt, or of a newer format.
+   */
+  static open(dir: string, options: { create?: boolean } = {}): CatalogStore {
+    const abs = path.resolve(dir);
+    if (!fs.existsSync(abs)) {
+      if (!options.create) throw new DataDirError(`data directory ${abs} does not exist (create it with funnel ingest)`);
+      fs.mkdirSync(abs, { recursive: true });
+    }
+    if (!fs.statSync(abs).isDirectory()) throw new DataDirError(`data directory ${abs} is not a directory`);
+    const markerPath = path.join(abs, MARKER_FILE);
+    let fresh = false;
+    if (!fs.existsSync(markerPath)) {
+      if (!options.create || !isDirectoryEmpty(abs)) {
+        throw new DataDirError(`${abs} is not a funnel data directory (no ${MARKER_FILE})`);
+      }
+      fresh = true;
+    } else {
+      let marker: { format?: unknown; version?: unknown };
+      try {
+        marker = JSON.parse(fs.readFileSync(markerPath, 'utf8'));
+      } catch (err) {
+        throw new DataDirError(`${markerPath} is corrupt: ${(err as Error).message}`);
+      }
+      if (marker?.format !== 'funnel-data') throw new DataDirError(`${abs} is not a funnel data directory (foreign ${MARKER_FILE})`);
+      if (typeof marker.version !== 'number' || marker.version > DATA_FORMAT_VERSION) {
+        throw new DataDirError(
+          `${abs} has data format version ${String(marker.version)}, newer than this build reads (${DATA_FORMAT_VERSION})`,
+        );
+      }
+      if (!fs.existsSync(path.join(abs, LMDB_FILE))) throw new DataDirError(`${abs} is corrupt: ${LMDB_FILE} is missing`);
+      const problem = lmdbHeaderProblem(path.join(abs, LMDB_FILE));
+      if (problem) throw new DataDirError(`${abs} is corrupt: ${problem}`);
+    }
+    let env: RootDatabase;
+    try {
+      env = open({ path: path.join(abs, LMDB_FILE), maxDbs: 16, compression: false, mapSize: 2 ** 34 });
+    } catch (err) {
+      throw new DataDirError(`${abs} is corrupt: cannot open ${LMDB_FILE}: ${(err as Error).message}`);
+    }
+    const store = new CatalogStore(
+      abs,
+      env,
+      env.openDB<Meta, string>({ name: 'meta' }),
+      env.openDB<AdRecord, string>({ name: 'ads' }),
+      env.openDB<string, number>({ name: 'ids', keyEncoding: 'uint32' }),
+      env.openDB<Buffer, number>({ name: 'emb', keyEncoding: 'uint32', encoding: 'binary' }),
+      env.openDB<Change[], number>({ name: 'log', keyEncoding: 'uint32' }),
+      env.openDB<CatalogRow, number>({ name: 'staging', keyEncoding: 'uint32' }),
+    );
+    if (fresh) {
+      env.transactionSync(() => {
+        store.meta.putSync('meta', {
+          format: 'funnel-data',
+          version: DATA_FORMAT_VERSION,
+          seq: 0,
+          dim: null,
+          next_id: 0,
+          free_ids: [],
+          ann: DEFAULT_ANN,
+        });
+      });
+      const tmp = `${markerPath}.tmp`;
+      fs.writeFileSync(tmp, JSON.stringify({ format: 'funnel-data', version: DATA_FORMAT_VERSION }) + '\n');
+      fs.renameSync(tmp, markerPath);
+    } else {
+      const m = store.meta.get('meta');
+      if (!m || m.format !== 'funnel-data') {
+        env.close();
+        throw new DataDirError(`${abs} is corrupt: ${LMDB_FILE} has no funnel metadata`);
+      }
+    }
+    return store;
+  }
+
+  private m(): Meta {
+    const m = this.meta.get('meta');
+    if (!m) throw new DataDirError(`${this.dir} is corrupt: metadata vanished`);
+    return m;
+  }
+
+  /** Change sequence number: bumped by every write transaction. */
+  get seq(): number {
+    return this.m().seq;
+  }
+  /** Embedding dimension, or null before the first ad. */
+  get dim(): number | null {
+    return this.m().dim;
+  }
+  /** One more than the largest internal id ever allocated. */
+  get idLimit(): number {
+    return this.m().next_id;
+  }
+  /** ANN settings of this data. */
+  get ann(): AnnSettings {
+    return this.m().ann;
+  }
+  /** Number of ads. */
+  get count(): number {
+    return this.adsDb.getCount();
+  }
+
+  /** The ad with this ad_id. */
+  getAd(adId: string): AdRecord | undefined {
+    return this.adsDb.get(adId);
+  }
+  /** The ad with this internal id. */
+  getAdById(id: number): AdRecord | undefined {
+    const adId = this.idsDb.get(id);
+    return adId === undefined ? undefined : this.adsDb.get(adId);
+  }
+  /** The embedding of internal id `id`. */
+  getEmbedding(id: number): Float32Array | undefined {
+    const b = this.embDb.getBinary(id);
+    if (!b) return undefined;
+    return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+  }
+  /** Every ad, in ad_id order. */
+  *ads(): IterableIterator<AdRecord> {
+    for (const { value } of this.adsDb.getRange()) yield value;
+  }
+  /** Every embedding, in internal id order. */
+  *embeddings(): IterableIterator<{ id: number; vector: Float32Array }> {
+    for (const { key, value } of this.embDb.getRange()) {
+      yield { id: key, vector: new Float32Array(value.buffer.slice(value.byteOffset, value.byteOffset + value.byteLength)) };
+    }
+  }
+
+  /** Changes after `seq` in order, or null when the log no longer covers them (pruned). */
+  changesSince(seq: number): Change[] | null {
+    const current = this.seq;
+    if (seq >= current) return [];
+    const out: Change[] = [];
+    let expect = seq + 1;
+    for (const { key, value } of this.logDb.getRange({ start: seq + 1 })) {
+      if (key !== expect) return null;
+      out.push(...value);
+      expect++;
+    }
+    return expect === current + 1 ? out : null;
+  }
+
+  /** Drops log entries up to and including `seq` (once an ANN file reflecting them is saved). */
+  async pruneLog(seq: number): Promise<void> {
+    const keys: number[] = [];
+    for (const key of this.logDb.getKeys({ end: seq + 1 })) keys.push(key as number);
+    await this.env.transaction(() => {
+      for (const k of keys) this.logDb.removeSync(k);
+    });
+  }
+
+  /** Resolves once every committed write is on disk. */
+  async flushed(): Promise<void> {
+    await this.env.flushed;
+  }
+
+  private allocate(m: Meta): number {
+    return m.free_ids.length > 0 ? m.free_ids.pop()! : m.next_id++;
+  }
+
+  private putRow(m: Meta, row: CatalogRow, changes: Change[], result: WriteResult): void {
+    const old = this.adsDb.get(row.ad_id);
+    const id = old ? old.id : this.allocate(m);
+    this.adsDb.putSync(row.ad_id, toRecord(row, id, m.seq));
+    if (!old) this.idsDb.putSync(id, row.ad_id);
+    this.embDb.putSync(id, embeddingBytes(row.embedding));
+    changes.push({ op: 'upsert', id });
+    if (old) result.updated++;
+    else result.inserted++;
+  }
+
+  private removeAd(m: Meta, rec: AdRecord, changes: Change[], result: WriteResult): void {
+    this.adsDb.removeSync(rec.ad_id);
+    this.idsDb.removeSync(rec.id);
+    this.embDb.removeSync(rec.id);
+    m.free_ids.push(rec.id);
+    changes.push({ op: 'remove', id: rec.id });
+    result.removed++;
+  }
+
+  private checkDim(m: Meta, rows: ReadonlyArray<CatalogRow>): void {
+    for (const row of rows) {
+      if (m.dim === null) m.dim = row.embedding.length;
+      if (row.embedding.length !== m.dim) {
+        throw new DataDirError(`ad ${row.ad_id}: embedding has ${row.embedding.length} values, the catalog's dimension is ${m.dim}`);
+      }
+    }
+  }
+
+  /** Inserts or replaces ads (by ad_id) in one transaction. Throws DataDirError on a dimension clash, writing nothing. */
+  upsert(rows: ReadonlyArray<CatalogRow>): WriteResult {
+    return this.env.transactionSync(() => {
+      const m = this.m();
+      this.checkDim(m, rows);
+      m.seq++;
+      const result: WriteResult = { seq: m.seq, inserted: 0, updated: 0, removed: 0 };
+      const changes: Change[] = [];
+      for (const row of rows) this.putRow(m, row, changes, result);
+      this.logDb.putSync(m.seq, changes);
+      this.meta.putSync('meta', m);
+      return result;
+    });
+  }
+
+  /** Deletes ads by ad_id in one transaction; unknown ids are skipped. */
+  remove(adIds: ReadonlyArray<string>): WriteResult {
+    return this.env.transactionSync(() => {
+      const m = this.m();
+      m.seq++;
+      const result: WriteResult = { seq: m.seq, inserted: 0, updated: 0, removed: 0 };
+      const changes: Change[] = [];
+      for (const adId of adIds) {
+        const rec = this.adsDb.get(adId);
+        if (rec) this.removeAd(m, rec, changes, result);
+      }
+      this.logDb.putSync(m.seq, changes);
+      this.meta.putSync('meta', m);
+      return result;
+    });
+  }
+
+  /** Empties the staging area (a leftover of an interrupted ingest is discarded). */
+  async clearStaging(): Promise<void> {
+    await this.stagingDb.clearAsync();
+  }
+
+  /** Stages a validated row for a later commitStaging(); invisible to readers until then. */
+  stage(key: number, row: CatalogRow): Promise<boolean> {
+    return this.stagingDb.put(key, row);
+  }
+
+  /**
+   * Applies every staged row in ONE transaction (all or nothing) and empties the staging area.
+   * With `replace`, ads not staged are deleted, so the store holds exactly the staged rows.
+   * `ann` (first ingest or replace only) sets the ANN settings.
+   */
+  commitStaging(options: { replace: boolean; ann?: Partial<AnnSettings> }): WriteResult {
+    return this.env.transactionSync(() => {
+      const m = this.m();
+      const wasEmpty = this.adsDb.getCount() === 0;
+      m.seq++;
+      const result: WriteResult = { seq: m.seq, inserted: 0, updated: 0, removed: 0 };
+      const changes: Change[] = [];
+      const staged = new Set<string>();
+      let first = true;
+      for (const { value: row } of this.stagingDb.getRange()) {
+        if (first && (options.replace || m.dim === null)) m.dim = row.embedding.length;
+        first = false;
+        if (row.embedding.length !== m.dim) {
+          throw new DataDirError(`ad ${row.ad_id}: embedding has ${row.embedding.length} values, the catalog's dimension is ${m.dim}`);
+        }
+        staged.add(row.ad_id);
+        this.putRow(m, row, changes, result);
+      }
+      if (options.replace) {
+        for (const { value: rec } of this.adsDb.getRange()) {
+          if (!staged.has(rec.ad_id)) this.removeAd(m, rec, changes, result);
+        }
+      }
+      if (options.ann && (options.replace || wasEmpty)) {
+        m.ann = { ...m.ann, ...options.ann };
+      }
+      this.logDb.putSync(m.seq, changes);
+      this.meta.putSync('meta', m);
+      this.stagingDb.clearSync();
+      return result;
+    });
+  }
+
+  /** Bytes of the LMDB file on disk. */
+  lmdbBytes(): number {
+    return fs.statSync(path.join(this.dir, LMDB_FILE)).size;
+  }
+
+  /** Closes the environment. */
+  async close(): Promise<void> {
+    await this.env.close();
+  }
+}
