@@ -1,0 +1,76 @@
+/** Timing of search loops: one untimed pass that keeps the answers, then timed passes until enough time has passed. */
+import { IdRows, MISSING_ID } from './recall';
+
+/** A search answered one query per call: `run(q)` is what gets timed; `ids(answer)` is called only outside the timed loop. */
+export interface QuerySearcher<R> {
+  /** Answers query number `q` (0-based). */
+  run(q: number): R;
+  /** Ids of an answer of `run`, best first. */
+  ids(answer: R): ArrayLike<number>;
+}
+
+/** Throughput of repeated passes: `qps` = queries answered / `seconds` spent in the timed passes. */
+export interface Throughput {
+  qps: number;
+  seconds: number;
+  passes: number;
+}
+
+/** Answers of the untimed pass plus the throughput of the timed passes. */
+export interface SearchMeasurement extends Throughput {
+  /** `queries` rows of `k` ids; slots left empty by a short answer hold {@link MISSING_ID}. */
+  found: IdRows;
+}
+
+/** Runs `global.gc()` when node was started with --expose-gc; otherwise does nothing. */
+export function collectGarbage(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc) gc();
+}
+
+/**
+ * Times `pass` (which answers `queriesPerPass` queries) repeatedly until at least `minSeconds`
+ * of timed passes have accumulated, after one untimed warm-up pass unless `warmUp` is false.
+ */
+export function timePasses(pass: () => void, queriesPerPass: number, minSeconds: number, warmUp = true): Throughput {
+  if (warmUp) pass();
+  collectGarbage();
+  let elapsedNs = 0n;
+  let passes = 0;
+  const minNs = BigInt(Math.round(minSeconds * 1e9));
+  do {
+    const start = process.hrtime.bigint();
+    pass();
+    elapsedNs += process.hrtime.bigint() - start;
+    passes++;
+  } while (elapsedNs < minNs);
+  const seconds = Number(elapsedNs) / 1e9;
+  return { qps: (passes * queriesPerPass) / seconds, seconds, passes };
+}
+
+/**
+ * Runs query 0..queries-1 once untimed, keeping the first `k` ids of each answer (this is also
+ * the warm-up), then times passes over all queries with {@link timePasses}.
+ */
+export function measureSearcher<R>(
+  searcher: QuerySearcher<R>,
+  queries: number,
+  k: number,
+  minSeconds: number,
+): SearchMeasurement {
+  const data = new Uint32Array(queries * k).fill(MISSING_ID);
+  for (let q = 0; q < queries; q++) {
+    const ids = searcher.ids(searcher.run(q));
+    const m = Math.min(k, ids.length);
+    for (let i = 0; i < m; i++) data[q * k + i] = ids[i];
+  }
+  const throughput = timePasses(
+    () => {
+      for (let q = 0; q < queries; q++) searcher.run(q);
+    },
+    queries,
+    minSeconds,
+    false,
+  );
+  return { ...throughput, found: { rows: queries, cols: k, data } };
+}
