@@ -178,3 +178,64 @@ export const internals = {
   /** Single-thread sequential read bandwidth in bytes/s over a buffer of `bytes`, best of `reps`. */
   readBandwidth: addon.readBandwidth,
 };
+
+// ---------------------------------------------------------------------------------------------
+// Targeting index (CONTRACT section 1): which ads a request's attributes satisfy, as a bitset.
+
+/** One attribute's predicate: `any_of` holds when the request's values intersect it (a request without the attribute fails), `none_of` when they do not (a request without it passes); at least one of the two. */
+export interface Predicate {
+  any_of?: readonly string[];
+  none_of?: readonly string[];
+}
+/** Attribute name -> predicate; holds when ALL its predicates hold (`{}` always holds). */
+export type Conjunction = Readonly<Record<string, Predicate>>;
+/** An ad's targeting: a non-empty list of conjunctions, matched when ANY holds; absent (`undefined`) means everyone. */
+export type Targeting = readonly Conjunction[];
+/** A request's attributes: name -> values (order and repeats do not matter; `[]` or an absent name = no values). */
+export type RequestAttributes = Readonly<Record<string, readonly string[] | undefined>>;
+
+/** Options of a targeting match. */
+export interface TargetingMatchOptions {
+  /** Only ads whose bit is set may match (e.g. the active ads); ids past its end may not. Not modified; must not overlap `out`. */
+  within?: Uint32Array;
+  /** Buffer to fill and return as `bits` (at least `ceil(capacity / 32)` words; the rest is zeroed), so a hot path allocates nothing. */
+  out?: Uint32Array;
+}
+
+/** A targeting answer: bit `i` of `bits` (`(bits[i >> 5] >>> (i & 31)) & 1`) is set when ad `i` matches; `count` set bits. */
+export interface TargetingMatch {
+  bits: Uint32Array;
+  count: number;
+}
+
+/**
+ * DNF targeting index over 32-bit internal ad ids (below 2^31). `bits` answers are in the
+ * layout `allowBits` of the vector indexes takes. Strings are compared exactly as UTF-8 (a lone
+ * UTF-16 surrogate becomes U+FFFD, as in any UTF-8 encoding).
+ */
+export interface TargetingIndex {
+  /** Number of ads set. */
+  readonly size: number;
+  /** One more than the largest id ever set (never shrinks); answers hold `ceil(capacity / 32)` words. */
+  readonly capacity: number;
+  /** Sets or replaces the targeting of `id` (`undefined`/`null` = everyone); ERR_INVALID_ARG names the bad part and changes nothing. */
+  set(id: number, targeting: Targeting | undefined | null): void;
+  /** Removes `id`; ERR_UNKNOWN_ID if it was never set or already removed. */
+  remove(id: number): void;
+  has(id: number): boolean;
+  /** The ads whose targeting the request satisfies, on the calling thread. */
+  match(attrs: RequestAttributes, options?: TargetingMatchOptions): TargetingMatch;
+  /** The matching ad ids, ascending. */
+  matchIds(attrs: RequestAttributes, options?: Pick<TargetingMatchOptions, 'within'>): Uint32Array;
+  /** Same as match, on libuv's pool; `within` and `out` must not be touched until it settles. */
+  matchAsync(attrs: RequestAttributes, options?: TargetingMatchOptions): Promise<TargetingMatch>;
+  /** Approximate bytes held by the index. */
+  memoryBytes(): number;
+}
+
+interface TargetingNativeModule {
+  TargetingIndex: { new (): TargetingIndex };
+}
+
+/** Targeting index: `new TargetingIndex()`, then `set(id, targeting)` per ad and `match(attrs)` per request. */
+export const TargetingIndex = (addon as NativeModule & TargetingNativeModule).TargetingIndex;

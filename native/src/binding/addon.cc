@@ -1,4 +1,4 @@
-// Module entry: SIMD level reporting, kernel hooks for tests, bandwidth probe, index classes.
+// Module entry: SIMD level reporting, kernel hooks for tests, bandwidth probe, index and targeting classes.
 #include <napi.h>
 
 #include <chrono>
@@ -13,6 +13,7 @@
 namespace funnel::binding {
 
 void init_index_classes(Napi::Env env, Napi::Object exports);
+void init_targeting_class(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -120,6 +121,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kernelI8", Napi::Function::New(env, KernelI8, "kernelI8"));
   exports.Set("readBandwidth", Napi::Function::New(env, ReadBandwidth, "readBandwidth"));
   init_index_classes(env, exports);
+  init_targeting_class(env, exports);
   return exports;
 }
 
