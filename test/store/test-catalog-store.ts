@@ -1,0 +1,108 @@
+import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CatalogStore, DATA_FORMAT_VERSION, MARKER_FILE } from '../../src/store/catalog-store';
+import { parseCatalogLine, type CatalogRow } from '../../src/store/catalog-schema';
+import { row, tempDir } from '../fixtures/catalog';
+
+const valid = (n: number, dim = 4, extra = {}): CatalogRow => {
+  const r = parseCatalogLine(JSON.stringify(row(n, dim, extra)));
+  if (!('row' in r)) throw new Error('bad fixture');
+  return r.row;
+};
+
+describe('CatalogStore', () => {
+  let tmp: string;
+  beforeEach(() => {
+    tmp = tempDir('store');
+  });
+  afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  it('when ads are upserted and removed, then reads, ids, embeddings and the change log follow', async () => {
+    const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
+    const w1 = store.upsert([valid(1), valid(2)]);
+    assert.deepEqual(w1, { seq: 1, inserted: 2, updated: 0, removed: 0 });
+    assert.equal(store.dim, 4);
+    const a1 = store.getAd('ad-1')!;
+    assert.equal(store.getAdById(a1.id)!.ad_id, 'ad-1');
+    assert.deepEqual(Array.from(store.getEmbedding(a1.id)!), Array.from(Float32Array.from(valid(1).embedding)));
+    const w2 = store.upsert([valid(1, 4, { bid_micros: 5 })]);
+    assert.equal(w2.updated, 1);
+    assert.equal(store.getAd('ad-1')!.bid_micros, 5);
+    assert.equal(store.getAd('ad-1')!.id, a1.id, 'an update keeps the internal id');
+    store.remove(['ad-1', 'ad-missing']);
+    assert.equal(store.getAd('ad-1'), undefined);
+    assert.equal(store.count, 1);
+    const reused = store.upsert([valid(3)]);
+    assert.equal(reused.inserted, 1);
+    assert.equal(store.getAd('ad-3')!.id, a1.id, 'a freed id is reused');
+    assert.equal(store.seq, 4);
+    assert.deepEqual(store.changesSince(1), [
+      { op: 'upsert', id: a1.id },
+      { op: 'remove', id: a1.id },
+      { op: 'upsert', id: a1.id },
+    ]);
+    await store.pruneLog(2);
+    assert.equal(store.changesSince(1), null, 'a pruned log cannot replay from before it');
+    assert.equal(store.changesSince(2)!.length, 2);
+    await store.close();
+  });
+
+  it('when an upsert clashes with the dimension, then nothing of it is written', async () => {
+    const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
+    store.upsert([valid(1)]);
+    assert.throws(() => store.upsert([valid(2), valid(3, 5)]), { code: 'ERR_DATA_DIR', message: /dimension is 4/ });
+    assert.equal(store.getAd('ad-2'), undefined);
+    assert.equal(store.seq, 1);
+    await store.close();
+  });
+
+  it('when the directory is missing, foreign, corrupt or newer, then open names the path and the problem', async () => {
+    const missing = path.join(tmp, 'nope');
+    assert.throws(() => CatalogStore.open(missing), { code: 'ERR_DATA_DIR', message: new RegExp(`${missing} does not exist`) });
+    const foreign = path.join(tmp, 'foreign');
+    fs.mkdirSync(foreign);
+    fs.writeFileSync(path.join(foreign, 'x.txt'), 'hello');
+    assert.throws(() => CatalogStore.open(foreign, { create: true }), { message: /is not a funnel data directory/ });
+    const made = path.join(tmp, 'made');
+    await CatalogStore.open(made, { create: true }).close();
+    fs.writeFileSync(path.join(made, MARKER_FILE), JSON.stringify({ format: 'funnel-data', version: DATA_FORMAT_VERSION + 1 }));
+    assert.throws(() => CatalogStore.open(made), { message: /newer than this build reads/ });
+    fs.writeFileSync(path.join(made, MARKER_FILE), '{not json');
+    assert.throws(() => CatalogStore.open(made), { message: /corrupt/ });
+    fs.writeFileSync(path.join(made, MARKER_FILE), JSON.stringify({ format: 'something-else', version: 1 }));
+    assert.throws(() => CatalogStore.open(made), { message: /not a funnel data directory/ });
+    fs.writeFileSync(path.join(made, MARKER_FILE), JSON.stringify({ format: 'funnel-data', version: 1 }));
+    fs.writeFileSync(path.join(made, 'catalog.mdb'), Buffer.alloc(64 * 1024, 0x5a));
+    assert.throws(() => CatalogStore.open(made), (e: Error) => /corrupt/.test(e.message) && e.message.includes(made));
+    const file = path.join(tmp, 'plain-file');
+    fs.writeFileSync(file, '');
+    assert.throws(() => CatalogStore.open(file), { message: /is not a directory/ });
+  });
+
+  it('when the writer is killed with SIGKILL mid-stream, then every acknowledged write survives', async function () {
+    const dir = path.join(tmp, 'kill');
+    const child = spawn(process.execPath, [path.join(__dirname, '..', 'fixtures', 'writer-child.js'), dir], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const acked: string[] = [];
+    let buffered = '';
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (chunk: Buffer) => {
+        buffered += chunk.toString();
+        const lines = buffered.split('\n');
+        buffered = lines.pop()!;
+        for (const l of lines) if (l.startsWith('ack ')) acked.push(l.slice(4));
+        if (acked.length >= 200 && !child.killed) child.kill('SIGKILL');
+      });
+      child.on('exit', (_code, signal) => (signal === 'SIGKILL' ? resolve() : reject(new Error(`child exited ${_code}`))));
+    });
+    assert.ok(acked.length >= 200);
+    const store = CatalogStore.open(dir);
+    for (const adId of acked) assert.ok(store.getAd(adId), `acknowledged ${adId} lost`);
+    assert.ok(store.count >= acked.length);
+    assert.equal(store.seq, store.count, 'one sequence number per committed transaction');
+    await store.close();
+  });
+});
