@@ -74,6 +74,31 @@ export interface WriteResult {
   removed: number;
 }
 
+/** Today's cumulative spend of an ad (ReportSpend): `day` is the UTC date it applies to. */
+export interface SpendRecord {
+  day: string;
+  micros: number;
+}
+
+/** Engagement counters of an ad: totals and the time of the last event. */
+export interface EngagementRecord {
+  impressions: number;
+  clicks: number;
+  last_ms: number;
+}
+
+/** One engagement event (RecordEvents). */
+export interface EngagementEvent {
+  ad_id: string;
+  type: 'IMPRESSION' | 'CLICK';
+  timestamp_ms: number;
+}
+
+/** The UTC calendar date of `ms` as YYYY-MM-DD. */
+export function utcDay(ms: number): string {
+  return new Date(ms).toISOString().slice(0, 10);
+}
+
 interface Meta {
   format: string;
   version: number;
@@ -143,6 +168,8 @@ export class CatalogStore {
     private readonly embDb: Database<Buffer, number>,
     private readonly logDb: Database<Change[], number>,
     private readonly stagingDb: Database<CatalogRow, number>,
+    private readonly spendDb: Database<SpendRecord, string>,
+    private readonly engagementDb: Database<EngagementRecord, string>,
   ) {}
 
   /**
@@ -195,6 +222,8 @@ export class CatalogStore {
       env.openDB<Buffer, number>({ name: 'emb', keyEncoding: 'uint32', encoding: 'binary' }),
       env.openDB<Change[], number>({ name: 'log', keyEncoding: 'uint32' }),
       env.openDB<CatalogRow, number>({ name: 'staging', keyEncoding: 'uint32' }),
+      env.openDB<SpendRecord, string>({ name: 'spend' }),
+      env.openDB<EngagementRecord, string>({ name: 'engagement' }),
     );
     if (fresh) {
       env.transactionSync(() => {
@@ -321,6 +350,8 @@ export class CatalogStore {
     this.adsDb.removeSync(rec.ad_id);
     this.idsDb.removeSync(rec.id);
     this.embDb.removeSync(rec.id);
+    this.spendDb.removeSync(rec.ad_id);
+    this.engagementDb.removeSync(rec.ad_id);
     m.free_ids.push(rec.id);
     changes.push({ op: 'remove', id: rec.id });
     result.removed++;
@@ -365,6 +396,59 @@ export class CatalogStore {
       this.meta.putSync('meta', m);
       return result;
     });
+  }
+
+  /**
+   * Records today's cumulative spend per ad in one transaction (a later report for the same
+   * day replaces the earlier one; a new day starts over). Unknown ad_ids are skipped and counted.
+   */
+  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>, nowMs = Date.now()): { applied: number; unknown: number } {
+    const day = utcDay(nowMs);
+    return this.env.transactionSync(() => {
+      let applied = 0;
+      let unknown = 0;
+      for (const e of entries) {
+        if (!this.adsDb.doesExist(e.ad_id)) {
+          unknown++;
+          continue;
+        }
+        this.spendDb.putSync(e.ad_id, { day, micros: e.spend_micros });
+        applied++;
+      }
+      return { applied, unknown };
+    });
+  }
+
+  /** Today's spend of an ad in micros (0 when nothing was reported today). */
+  spendToday(adId: string, nowMs = Date.now()): number {
+    const r = this.spendDb.get(adId);
+    return r && r.day === utcDay(nowMs) ? r.micros : 0;
+  }
+
+  /** Adds engagement events to the per-ad counters in one transaction; unknown ad_ids are skipped and counted. */
+  recordEvents(events: ReadonlyArray<EngagementEvent>): { applied: number; unknown: number } {
+    return this.env.transactionSync(() => {
+      let applied = 0;
+      let unknown = 0;
+      for (const e of events) {
+        if (!this.adsDb.doesExist(e.ad_id)) {
+          unknown++;
+          continue;
+        }
+        const c = this.engagementDb.get(e.ad_id) ?? { impressions: 0, clicks: 0, last_ms: 0 };
+        if (e.type === 'CLICK') c.clicks++;
+        else c.impressions++;
+        c.last_ms = Math.max(c.last_ms, e.timestamp_ms);
+        this.engagementDb.putSync(e.ad_id, c);
+        applied++;
+      }
+      return { applied, unknown };
+    });
+  }
+
+  /** Engagement counters of an ad (zeros when none). */
+  engagement(adId: string): EngagementRecord {
+    return this.engagementDb.get(adId) ?? { impressions: 0, clicks: 0, last_ms: 0 };
   }
 
   /** Empties the staging area (a leftover of an interrupted ingest is discarded). */

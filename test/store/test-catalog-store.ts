@@ -49,6 +49,29 @@ describe('CatalogStore', () => {
     await store.close();
   });
 
+  it('when spend and engagement are reported, then they are kept per ad and day, and go with the ad', async () => {
+    const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
+    store.upsert([valid(1), valid(2)]);
+    const day1 = Date.parse('2026-11-23T10:00:00Z');
+    const day2 = Date.parse('2026-11-24T00:30:00Z');
+    assert.deepEqual(store.reportSpend([{ ad_id: 'ad-1', spend_micros: 500 }, { ad_id: 'nope', spend_micros: 1 }], day1), { applied: 1, unknown: 1 });
+    store.reportSpend([{ ad_id: 'ad-1', spend_micros: 700 }], day1);
+    assert.equal(store.spendToday('ad-1', day1), 700, 'cumulative: a later report replaces');
+    assert.equal(store.spendToday('ad-1', day2), 0, 'a new UTC day starts at zero');
+    assert.equal(store.spendToday('ad-2', day1), 0);
+    store.recordEvents([
+      { ad_id: 'ad-2', type: 'IMPRESSION', timestamp_ms: 10 },
+      { ad_id: 'ad-2', type: 'CLICK', timestamp_ms: 30 },
+      { ad_id: 'ad-2', type: 'IMPRESSION', timestamp_ms: 20 },
+    ]);
+    assert.deepEqual(store.engagement('ad-2'), { impressions: 2, clicks: 1, last_ms: 30 });
+    store.remove(['ad-1', 'ad-2']);
+    store.upsert([valid(1), valid(2)]);
+    assert.equal(store.spendToday('ad-1', day1), 0, 'a deleted ad leaves no spend behind');
+    assert.deepEqual(store.engagement('ad-2'), { impressions: 0, clicks: 0, last_ms: 0 });
+    await store.close();
+  });
+
   it('when an upsert clashes with the dimension, then nothing of it is written', async () => {
     const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
     store.upsert([valid(1)]);
