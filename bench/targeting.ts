@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import { generateCatalog, generateRequests } from '../src/catalog/generate';
 import { TargetingIndex, type RequestAttributes, type Targeting } from '../src/native/index';
 import { evaluateTargeting } from '../src/store/targeting-eval';
+import { positiveInt } from './lib/args';
 import { fixed, formatTable, grouped, mebibytes } from './lib/table';
 import { collectGarbage } from './lib/timing';
 
@@ -28,15 +29,6 @@ interface Options {
   requests: number;
   scanRequests: number;
   seed: number;
-}
-
-function positiveInt(name: string, raw: string | undefined, fallback: number): number {
-  if (raw === undefined) return fallback;
-  const value = Number(raw);
-  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(value) || value <= 0) {
-    throw new Error(`--${name} must be a positive integer, got "${raw}"`);
-  }
-  return value;
 }
 
 function parseOptions(argv: string[]): Options | undefined {

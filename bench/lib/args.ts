@@ -69,7 +69,8 @@ filtered
   --postfilter-cap N      largest k' of post-filtering (default 1000)
 `;
 
-function positiveInt(name: string, raw: string | undefined, fallback: number): number {
+/** `raw` as a positive safe integer, `fallback` when absent; throws naming `--name` otherwise. */
+export function positiveInt(name: string, raw: string | undefined, fallback: number): number {
   if (raw === undefined) return fallback;
   const value = Number(raw);
   if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(value) || value <= 0) {

@@ -184,7 +184,7 @@ class SearchWorker final : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
-    try {
+    error_.capture([&] {
       if (batch_) {
         ids_.resize(nq_ * args_.sp.k);
         scores_.resize(nq_ * args_.sp.k);
@@ -192,19 +192,12 @@ class SearchWorker final : public Napi::AsyncWorker {
       } else {
         result_ = h_->search(queries_.data(), args_.sp);
       }
-    } catch (const IndexError& e) {
-      code_ = e.code();
-      message_ = e.what();
-    } catch (const std::exception& e) {
-      code_ = "ERR_INVALID_ARG";
-      message_ = e.what();
-    }
+    });
   }
   void OnOK() override {
     Napi::Env env = Env();
-    if (!code_.empty()) {
-      deferred_.Reject(make_error(env, code_, message_));
-    } else if (batch_) {
+    if (error_.reject(env, deferred_)) return;
+    if (batch_) {
       deferred_.Resolve(batch_object(env, args_.sp.k, ids_, scores_));
     } else {
       deferred_.Resolve(result_object(env, result_));
@@ -221,7 +214,7 @@ class SearchWorker final : public Napi::AsyncWorker {
   QueryResult result_;
   std::vector<uint32_t> ids_;
   std::vector<float> scores_;
-  std::string code_, message_;
+  WorkerError error_;
 };
 
 // Batch insert on libuv's pool; the caller's arrays are pinned, not copied.
@@ -239,19 +232,10 @@ class AddWorker final : public Napi::AsyncWorker {
         threads_(threads) {}
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
-    try {
-      h_->add_batch(ids_, vecs_, n_, threads_);
-    } catch (const IndexError& e) {
-      code_ = e.code();
-      message_ = e.what();
-    } catch (const std::exception& e) {
-      code_ = "ERR_INVALID_ARG";
-      message_ = e.what();
-    }
+    error_.capture([&] { h_->add_batch(ids_, vecs_, n_, threads_); });
   }
   void OnOK() override {
-    if (!code_.empty()) deferred_.Reject(make_error(Env(), code_, message_));
-    else deferred_.Resolve(Env().Undefined());
+    if (!error_.reject(Env(), deferred_)) deferred_.Resolve(Env().Undefined());
   }
 
  private:
@@ -263,7 +247,7 @@ class AddWorker final : public Napi::AsyncWorker {
   const float* vecs_;
   size_t n_;
   unsigned threads_;
-  std::string code_, message_;
+  WorkerError error_;
 };
 
 uint32_t id_arg(Napi::Env env, const Napi::Value& v) { return uint32_t(int_arg(env, v, "id", 0, kMaxId)); }

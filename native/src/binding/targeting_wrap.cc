@@ -177,22 +177,11 @@ class MatchWorker final : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
-    try {
-      count_ = ix_->match(args_.attrs, args_.within, args_.within_words, &words_);
-    } catch (const IndexError& e) {
-      code_ = e.code();
-      message_ = e.what();
-    } catch (const std::exception& e) {
-      code_ = "ERR_INVALID_ARG";
-      message_ = e.what();
-    }
+    error_.capture([&] { count_ = ix_->match(args_.attrs, args_.within, args_.within_words, &words_); });
   }
   void OnOK() override {
     Napi::Env env = Env();
-    if (!code_.empty()) {
-      deferred_.Reject(make_error(env, code_, message_));
-      return;
-    }
+    if (error_.reject(env, deferred_)) return;
     try {
       deferred_.Resolve(match_object(env, deliver(env, words_, args_.out_ref), count_));
     } catch (const Napi::Error& e) {
@@ -206,7 +195,7 @@ class MatchWorker final : public Napi::AsyncWorker {
   MatchArgs args_;
   std::vector<uint32_t> words_;
   size_t count_ = 0;
-  std::string code_, message_;
+  WorkerError error_;
 };
 
 class TargetingWrap : public Napi::ObjectWrap<TargetingWrap> {

@@ -23,6 +23,31 @@ inline Napi::Value make_error(Napi::Env env, const std::string& code, const std:
   return e.Value();
 }
 
+/// An error caught on a worker thread, rethrown on the JS thread as a coded Error.
+struct WorkerError {
+  std::string code, message;
+  /// Runs `fn` (on a worker), keeping any failure instead of letting it escape.
+  template <typename Fn>
+  void capture(Fn&& fn) {
+    try {
+      fn();
+    } catch (const IndexError& e) {
+      code = e.code();
+      message = e.what();
+    } catch (const std::exception& e) {
+      code = "ERR_INVALID_ARG";
+      message = e.what();
+    }
+  }
+  bool failed() const { return !code.empty(); }
+  /// Rejects `deferred` with the kept error; false when nothing failed.
+  bool reject(Napi::Env env, Napi::Promise::Deferred& deferred) const {
+    if (!failed()) return false;
+    deferred.Reject(make_error(env, code, message));
+    return true;
+  }
+};
+
 /// Runs `fn`, turning core IndexErrors and std exceptions into coded JS errors.
 template <typename Fn>
 auto guard(Napi::Env env, Fn&& fn) -> decltype(fn()) {
