@@ -18,6 +18,15 @@ import * as path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import type { CatalogRow, Conjunction } from './catalog-schema';
 
+/** Decayed engagement of one (ad, segment) in the log2 domain at half-life `hl` seconds (see serving/popularity.ts). */
+export interface PopularityRecord {
+  li: number;
+  lc: number;
+  hl: number;
+}
+
+const POP_SEP = '\u0001';
+
 /** Current data-directory format version (and the newest this build opens). */
 export const DATA_FORMAT_VERSION = 1;
 /** Name of the format marker file. */
@@ -170,6 +179,7 @@ export class CatalogStore {
     private readonly stagingDb: Database<CatalogRow, number>,
     private readonly spendDb: Database<SpendRecord, string>,
     private readonly engagementDb: Database<EngagementRecord, string>,
+    private readonly popularityDb: Database<PopularityRecord, string>,
   ) {}
 
   /**
@@ -224,6 +234,7 @@ export class CatalogStore {
       env.openDB<CatalogRow, number>({ name: 'staging', keyEncoding: 'uint32' }),
       env.openDB<SpendRecord, string>({ name: 'spend' }),
       env.openDB<EngagementRecord, string>({ name: 'engagement' }),
+      env.openDB<PopularityRecord, string>({ name: 'popularity' }),
     );
     if (fresh) {
       env.transactionSync(() => {
@@ -352,6 +363,9 @@ export class CatalogStore {
     this.embDb.removeSync(rec.id);
     this.spendDb.removeSync(rec.ad_id);
     this.engagementDb.removeSync(rec.ad_id);
+    for (const key of this.popularityDb.getKeys({ start: rec.ad_id + POP_SEP, end: rec.ad_id + '\u0002' })) {
+      this.popularityDb.removeSync(key as string);
+    }
     m.free_ids.push(rec.id);
     changes.push({ op: 'remove', id: rec.id });
     result.removed++;
@@ -419,15 +433,64 @@ export class CatalogStore {
     });
   }
 
+  /** Every spend record: (ad_id, UTC day, cumulative micros that day). */
+  *spends(): IterableIterator<{ adId: string } & SpendRecord> {
+    for (const { key, value } of this.spendDb.getRange()) yield { adId: key as string, ...value };
+  }
+
   /** Today's spend of an ad in micros (0 when nothing was reported today). */
   spendToday(adId: string, nowMs = Date.now()): number {
     const r = this.spendDb.get(adId);
     return r && r.day === utcDay(nowMs) ? r.micros : 0;
   }
 
-  /** Adds engagement events to the per-ad counters in one transaction; unknown ad_ids are skipped and counted. */
-  recordEvents(events: ReadonlyArray<EngagementEvent>): { applied: number; unknown: number } {
+  /**
+   * Sets the status of ads in one transaction (bumping the sequence number); unknown ad_ids
+   * are returned, not an error.
+   */
+  setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused'): { seq: number; updated: AdRecord[]; unknown: string[] } {
     return this.env.transactionSync(() => {
+      const m = this.m();
+      m.seq++;
+      const updated: AdRecord[] = [];
+      const unknown: string[] = [];
+      for (const adId of adIds) {
+        const rec = this.adsDb.get(adId);
+        if (!rec) {
+          unknown.push(adId);
+          continue;
+        }
+        const next = { ...rec, status, seq: m.seq };
+        this.adsDb.putSync(adId, next);
+        updated.push(next);
+      }
+      this.logDb.putSync(m.seq, []);
+      this.meta.putSync('meta', m);
+      return { seq: m.seq, updated, unknown };
+    });
+  }
+
+  /** Every persisted popularity record: (ad_id, segment, record). */
+  *popularity(): IterableIterator<{ adId: string; segment: string; record: PopularityRecord }> {
+    for (const { key, value } of this.popularityDb.getRange()) {
+      const k = key as string;
+      const cut = k.indexOf(POP_SEP);
+      yield { adId: k.slice(0, cut), segment: k.slice(cut + 1), record: value };
+    }
+  }
+
+  /**
+   * Adds engagement events to the per-ad counters and writes the given popularity records, in
+   * one transaction; unknown ad_ids are skipped and counted.
+   */
+  recordEvents(
+    events: ReadonlyArray<EngagementEvent>,
+    popularity: ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }> = [],
+  ): { applied: number; unknown: number } {
+    return this.env.transactionSync(() => {
+      for (const p of popularity) {
+        if (this.adsDb.doesExist(p.adId)) this.popularityDb.putSync(p.adId + POP_SEP + p.segment, p.record);
+      }
       let applied = 0;
       let unknown = 0;
       for (const e of events) {

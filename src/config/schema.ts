@@ -1,0 +1,217 @@
+/**
+ * The service configuration: server limits and the stage knobs of each named pipeline, validated
+ * by zod. Every knob has a default, so an empty file (or none) is a complete config; `describe`
+ * texts are the documentation `funnel config print` and README.md show.
+ */
+import { z } from 'zod';
+
+const int = (min: number, max: number) => z.number().int().min(min).max(max);
+const ms = (def: number, what: string) => int(0, 600_000).default(def).describe(`${what} (milliseconds)`);
+
+/** Fault injection of one stage, for drills and tests: delays or fails its runs. */
+const faultSchema = z
+  .object({
+    delay_ms: int(0, 600_000).default(0).describe('extra latency added to every run of the stage'),
+    error_rate: z.number().min(0).max(1).default(0).describe('fraction of runs that fail (0..1)'),
+  })
+  .strict()
+  .default({ delay_ms: 0, error_rate: 0 });
+
+const stageBase = {
+  timeout_ms: ms(50, 'the stage is dropped (and named in degraded_stages) when it runs longer'),
+  fault: faultSchema,
+};
+
+/** Eligibility: the request's allowed set (targeting AND servable, minus exclusions). */
+export const eligibilityStageSchema = z
+  .object({ ...stageBase, timeout_ms: ms(50, 'time limit of the targeting match') })
+  .strict();
+
+/** Ann sourcing: filtered HNSW search on the user embedding. */
+export const annStageSchema = z
+  .object({
+    ...stageBase,
+    enabled: z.boolean().default(true).describe('run the stage (it is skipped anyway for requests without user_embedding)'),
+    k: int(1, 10_000).default(200).describe('candidates to source'),
+    ef: int(1, 10_000).default(128).describe('HNSW beam width (raised to k when lower)'),
+  })
+  .strict();
+
+/** Targeting sourcing: eligible ads by a prior. */
+export const targetingStageSchema = z
+  .object({
+    ...stageBase,
+    enabled: z.boolean().default(true).describe('run the stage'),
+    k: int(1, 10_000).default(200).describe('candidates to source'),
+    prior: z
+      .object({
+        bid: z.number().min(0).max(4).default(1).describe('exponent of bid_micros in the prior'),
+        quality: z.number().min(0).max(4).default(1).describe('exponent of quality'),
+        ctr_prior: z.number().min(0).max(4).default(1).describe('exponent of ctr_prior'),
+      })
+      .strict()
+      .default({ bid: 1, quality: 1, ctr_prior: 1 })
+      .describe('prior = bid^a * quality^b * ctr_prior^c; eligible ads are sourced in its order'),
+  })
+  .strict();
+
+/** Popularity sourcing: time-decayed engagement, per segment and overall. */
+export const popularityStageSchema = z
+  .object({
+    ...stageBase,
+    enabled: z.boolean().default(true).describe('run the stage'),
+    k: int(1, 10_000).default(100).describe('candidates to source'),
+    segment_share: z.number().min(0).max(1).default(0.5).describe("share of k taken from the request's segments first; the rest from overall popularity"),
+  })
+  .strict();
+
+/** Filters: the eligibility re-check (always on) and pacing. */
+export const filtersStageSchema = z
+  .object({
+    ...stageBase,
+    pacing: z
+      .object({
+        enabled: z.boolean().default(true).describe('throttle ads whose spend runs ahead of the day’s schedule'),
+        curve: z
+          .array(z.tuple([z.number().min(0).max(1), z.number().min(0).max(1)]))
+          .min(2)
+          .default([
+            [0, 0],
+            [1, 1],
+          ])
+          .describe('[day fraction, budget fraction] points, piecewise linear, increasing: the spend schedule over the UTC day')
+          .refine((c) => c[0][0] === 0 && c[c.length - 1][0] === 1, 'must start at day fraction 0 and end at 1')
+          .refine((c) => c.every((p, i) => i === 0 || (p[0] > c[i - 1][0] && p[1] >= c[i - 1][1])), 'points must increase'),
+        tolerance: z.number().min(0).max(10).default(0.1).describe('an ad is throttled when spend/budget > schedule + tolerance'),
+      })
+      .strict()
+      .default({ enabled: true, curve: [[0, 0], [1, 1]], tolerance: 0.1 }),
+  })
+  .strict();
+
+/** EarlyRanker: eCPM = bid x pCTR with a logistic pCTR model. */
+export const earlyRankerStageSchema = z
+  .object({
+    ...stageBase,
+    keep: int(1, 100_000).default(500).describe('candidates kept after ranking (the depth the diversifier sees)'),
+    weights: z
+      .object({
+        bias: z.number().default(-1.0),
+        ann_similarity: z.number().default(2.0).describe('similarity of user and ad embeddings (dot, cosine or -L2 by metric)'),
+        ctr_prior_logit: z.number().default(1.0).describe('logit of the ad’s ctr_prior'),
+        popularity_rate: z.number().default(5.0).describe('smoothed, time-decayed click-through rate'),
+        quality: z.number().default(0.5),
+        source_ann: z.number().default(0.2),
+        source_targeting: z.number().default(0.0),
+        source_popularity: z.number().default(0.1),
+      })
+      .strict()
+      .default({
+        bias: -1.0,
+        ann_similarity: 2.0,
+        ctr_prior_logit: 1.0,
+        popularity_rate: 5.0,
+        quality: 0.5,
+        source_ann: 0.2,
+        source_targeting: 0.0,
+        source_popularity: 0.1,
+      })
+      .describe('pCTR = sigmoid(bias + sum of weight * feature)'),
+  })
+  .strict();
+
+/** Diversifier: advertiser and category caps, then MMR. */
+export const diversifierStageSchema = z
+  .object({
+    ...stageBase,
+    max_per_advertiser: int(1, 100_000).default(3).describe('at most this many ads of one advertiser'),
+    max_per_category: int(1, 100_000).default(10).describe('at most this many ads of one category'),
+    mmr_lambda: z.number().min(0).max(1).default(0.7).describe('MMR trade-off: 1 = score only, 0 = diversity only'),
+    mmr_depth: int(0, 100_000).default(200).describe('top candidates MMR re-orders (0 = no MMR)'),
+  })
+  .strict();
+
+/** The stages of one pipeline. */
+export const stagesSchema = z
+  .object({
+    Eligibility: eligibilityStageSchema.default(() => eligibilityStageSchema.parse({})),
+    Ann: annStageSchema.default(() => annStageSchema.parse({})),
+    Targeting: targetingStageSchema.default(() => targetingStageSchema.parse({})),
+    Popularity: popularityStageSchema.default(() => popularityStageSchema.parse({})),
+    Filters: filtersStageSchema.default(() => filtersStageSchema.parse({})),
+    EarlyRanker: earlyRankerStageSchema.default(() => earlyRankerStageSchema.parse({})),
+    Diversifier: diversifierStageSchema.default(() => diversifierStageSchema.parse({})),
+  })
+  .strict();
+
+/** One pipeline, with its stages' knobs filled in. */
+export const pipelineSchema = z
+  .object({
+    description: z.string().default(''),
+    stages: stagesSchema.default(() => stagesSchema.parse({})),
+  })
+  .strict();
+
+/** Server-wide limits, enforced before any work is done. */
+export const limitsSchema = z
+  .object({
+    max_message_bytes: int(1024, 256 << 20).default(4 << 20).describe('largest gRPC message received'),
+    max_in_flight: int(1, 1_000_000).default(512).describe('Retrieve calls in flight; past it RESOURCE_EXHAUSTED at once'),
+    default_num_results: int(1, 100_000).default(50).describe('num_results when the request sends 0'),
+    max_num_results: int(1, 100_000).default(500).describe('largest num_results accepted'),
+    max_attributes: int(0, 100_000).default(64).describe('attribute names per request or event'),
+    max_attribute_values: int(0, 1_000_000).default(256).describe('values per attribute'),
+    max_string_bytes: int(1, 1 << 20).default(256).describe('length of any id, attribute name or value (UTF-16 units)'),
+    max_exclusions: int(0, 1_000_000).default(10_000).describe('entries per exclude/blocked list'),
+    max_batch: int(1, 1_000_000).default(10_000).describe('ads, ids, spend entries or events per Admin call'),
+    default_deadline_ms: int(1, 600_000).default(1000).describe('deadline of a Retrieve that sends none'),
+    on_deadline: z
+      .enum(['degraded', 'error'])
+      .default('degraded')
+      .describe('when the deadline runs out: answer with what is ready (degraded) or DEADLINE_EXCEEDED'),
+  })
+  .strict();
+
+/** Popularity state: decay and segments (shared by every pipeline). */
+export const popularitySchema = z
+  .object({
+    half_life_s: z.number().positive().max(365 * 86400).default(3600).describe('half-life of engagement, seconds'),
+    segment_attributes: z.array(z.string().min(1)).max(16).default(['country']).describe('event attributes that define segments'),
+    click_weight: z.number().min(0).default(1).describe('weight of a click in the popularity score'),
+    impression_weight: z.number().min(0).default(0.02).describe('weight of an impression in the popularity score'),
+    prior_impressions: z.number().min(0).default(100).describe('smoothing of the popularity rate: clicks / (impressions + this)'),
+  })
+  .strict();
+
+/** The whole configuration file. */
+export const configSchema = z
+  .object({
+    version: z.string().default('builtin').describe('a label for this config; reported in metrics and logs'),
+    limits: limitsSchema.default(() => limitsSchema.parse({})),
+    popularity: popularitySchema.default(() => popularitySchema.parse({})),
+    default_pipeline: z.string().min(1).default('default'),
+    pipelines: z.record(z.string().min(1), pipelineSchema).default(() => ({ default: pipelineSchema.parse({}) })),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    if (!Object.prototype.hasOwnProperty.call(c.pipelines, c.default_pipeline)) {
+      ctx.addIssue({ code: 'custom', path: ['default_pipeline'], message: `names no pipeline (have: ${Object.keys(c.pipelines).join(', ')})` });
+    }
+    if (c.limits.default_num_results > c.limits.max_num_results) {
+      ctx.addIssue({ code: 'custom', path: ['limits', 'default_num_results'], message: 'must be <= limits.max_num_results' });
+    }
+  });
+
+/** A validated configuration with every default filled in. */
+export type Config = z.infer<typeof configSchema>;
+export type PipelineConfig = z.infer<typeof pipelineSchema>;
+export type StagesConfig = z.infer<typeof stagesSchema>;
+export type LimitsConfig = z.infer<typeof limitsSchema>;
+export type PopularityConfig = z.infer<typeof popularitySchema>;
+export type AnnStageConfig = z.infer<typeof annStageSchema>;
+export type TargetingStageConfig = z.infer<typeof targetingStageSchema>;
+export type PopularityStageConfig = z.infer<typeof popularityStageSchema>;
+export type FiltersStageConfig = z.infer<typeof filtersStageSchema>;
+export type EarlyRankerStageConfig = z.infer<typeof earlyRankerStageSchema>;
+export type DiversifierStageConfig = z.infer<typeof diversifierStageSchema>;
+export type StageName = keyof StagesConfig;
