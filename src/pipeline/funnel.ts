@@ -1,0 +1,161 @@
+/**
+ * The funnel, reading like its config: Eligibility, then the sourcing stages in parallel (Ann,
+ * Targeting, Popularity), Merge, Filters, EarlyRanker, Diversifier. A sourcing stage that fails
+ * or runs out of time is dropped and named in `degradedStages`; Filters fail closed (no
+ * candidates), so no failure can break the eligibility invariant.
+ */
+import type { Config, PipelineConfig } from '../config/schema';
+import type { ServingState } from '../serving/state';
+import { BitsetPool, Eligibility } from '../stages/eligibility';
+import { Merge } from '../stages/merge';
+import { Filters } from '../stages/filtering/filters';
+import { EarlyRanker } from '../stages/ranking/early-ranker';
+import { Diversifier } from '../stages/diversification/diversifier';
+import { AnnSource } from '../stages/sourcing/ann-source';
+import { TargetingSource } from '../stages/sourcing/targeting-source';
+import { PopularitySource } from '../stages/sourcing/popularity-source';
+import { NO_OBSERVER, runStage, skippedReport, type ContextBase, type RunResult, type StageObserver } from './run-stage';
+import type { Candidate, EligibleSet, RetrieveQuery, Stage, StageContext, StageReport } from './types';
+
+/** The funnel's answer to one request. */
+export interface FunnelResult {
+  candidates: Candidate[];
+  /** Stages that failed or ran out of time, in funnel order. */
+  degradedStages: string[];
+  /** One report per stage, in funnel order (skipped stages included). */
+  reports: StageReport[];
+  /** True when the request's deadline had passed by the end. */
+  deadlineExceeded: boolean;
+  /** Data sequence number at the start of the request. */
+  seq: number;
+}
+
+const SOURCE_STAGES = ['Ann', 'Targeting', 'Popularity'] as const;
+
+/** Runs requests through the stages over one serving state. */
+export class Funnel {
+  private readonly pool = new BitsetPool();
+  private readonly buffers = new WeakMap<object, Uint32Array[]>();
+  private readonly eligibility: Eligibility;
+  private readonly sources: Record<(typeof SOURCE_STAGES)[number], Stage<void, Candidate[]>>;
+  private readonly merge = new Merge();
+  private readonly filters = new Filters();
+  private readonly ranker = new EarlyRanker();
+  private readonly diversifier = new Diversifier();
+
+  constructor(
+    private readonly state: ServingState,
+    private readonly observer: StageObserver = NO_OBSERVER,
+  ) {
+    this.eligibility = new Eligibility(state, this.pool, (ctx, buf) => {
+      const key = ctx.query as object;
+      const list = this.buffers.get(key);
+      if (list) list.push(buf);
+      else this.buffers.set(key, [buf]);
+    });
+    this.sources = {
+      Ann: new AnnSource(() => state.ann),
+      Targeting: new TargetingSource(state.ads, state.priorOrder),
+      Popularity: new PopularitySource(),
+    };
+  }
+
+  /** Prepares per-config state (prior orders of every pipeline), off the request path. */
+  prepare(config: Config): void {
+    const used = Object.values(config.pipelines).map((p) => p.stages.Targeting.prior);
+    for (const e of used) this.state.priorOrder.get(e);
+    this.state.priorOrder.retain(used);
+  }
+
+  /**
+   * Runs one request. `deadlineMs` is an absolute epoch-ms deadline bounding every stage.
+   * Never throws for a stage failure; the caller decides what a passed deadline means.
+   */
+  async run(query: RetrieveQuery, pipeline: PipelineConfig, deadlineMs: number, signal: AbortSignal): Promise<FunnelResult> {
+    const nowMs = Date.now();
+    const reports: StageReport[] = [];
+    const degraded: string[] = [];
+    const pending: Promise<void>[] = [];
+    const seq = this.state.seq;
+    const left = () => Math.max(0, deadlineMs - Date.now());
+    let base: ContextBase = { query, pipeline, state: this.state, nowMs, eligible: null };
+    const stages = pipeline.stages;
+    const record = <T>(r: RunResult<T>): RunResult<T> => {
+      reports.push(r.report);
+      pending.push(r.settled);
+      if (!r.ok) degraded.push(r.report.name);
+      return r;
+    };
+    try {
+      const elig = record(
+        await runStage<void, EligibleSet>(this.eligibility, base, undefined, {
+          timeoutMs: Math.min(stages.Eligibility.timeout_ms, left()),
+          fault: stages.Eligibility.fault,
+          countIn: this.state.ads.size,
+        }, this.observer, signal),
+      );
+      const eligible = elig.ok ? elig.value : null;
+      base = { ...base, eligible };
+
+      const runs = SOURCE_STAGES.map(async (name) => {
+        const cfg = stages[name];
+        if (!cfg.enabled) return { name, report: skippedReport(name, 'disabled') };
+        if (!eligible) return { name, report: skippedReport(name, 'no eligible set') };
+        if (name === 'Ann' && !query.embedding) return { name, report: skippedReport(name, 'no user_embedding') };
+        const r = await runStage(this.sources[name], base, undefined, {
+          timeoutMs: Math.min(cfg.timeout_ms, left()),
+          fault: cfg.fault,
+          countIn: eligible.count,
+        }, this.observer, signal);
+        return { name, report: r.report, result: r };
+      });
+      const sourced: Candidate[][] = [];
+      for (const s of await Promise.all(runs)) {
+        if ('result' in s && s.result) {
+          record(s.result);
+          if (s.result.ok) sourced.push(s.result.value);
+        } else {
+          reports.push(s.report);
+        }
+      }
+
+      const sourcedCount = sourced.reduce((n, l) => n + l.length, 0);
+      const merged = record(
+        await runStage(this.merge, base, sourced, { timeoutMs: Math.max(left(), stages.Filters.timeout_ms), countIn: sourcedCount }, this.observer, signal),
+      );
+      // Filters guard the invariant: never skipped for time, and a failure returns nothing.
+      const filtered = record(
+        await runStage(this.filters, base, merged.ok ? merged.value : [], { timeoutMs: stages.Filters.timeout_ms, fault: stages.Filters.fault }, this.observer, signal),
+      );
+      const kept = filtered.ok ? filtered.value : [];
+      const ranked = record(
+        await runStage(this.ranker, base, kept, { timeoutMs: stages.EarlyRanker.timeout_ms, fault: stages.EarlyRanker.fault }, this.observer, signal),
+      );
+      const rankedList = ranked.ok ? ranked.value : fallbackRank(this.state, kept, stages.EarlyRanker.keep);
+      const diversified = record(
+        await runStage(this.diversifier, base, rankedList, { timeoutMs: stages.Diversifier.timeout_ms, fault: stages.Diversifier.fault }, this.observer, signal),
+      );
+      const candidates = diversified.ok ? diversified.value : rankedList.slice(0, query.numResults);
+      return { candidates, degradedStages: degraded, reports, deadlineExceeded: Date.now() > deadlineMs, seq };
+    } finally {
+      // Bitsets go back to the pool once no stage (and no native call of a timed-out stage) reads them.
+      const bufs = this.buffers.get(query as object);
+      if (bufs) {
+        this.buffers.delete(query as object);
+        void Promise.all(pending).then(() => {
+          for (const b of bufs) this.pool.release(b);
+        });
+      }
+    }
+  }
+}
+
+/** eCPM with ctr_prior as pCTR: the order used when the EarlyRanker failed. */
+function fallbackRank(state: ServingState, candidates: Candidate[], keep: number): Candidate[] {
+  const ads = state.ads;
+  const out = candidates.map((c) => ({ ...c, score: (ads.bidMicros(c.id) / 1e6) * ads.ctrPrior(c.id) * 1000 }));
+  out.sort((a, b) => b.score - a.score || a.id - b.id);
+  return out.slice(0, keep);
+}
+
+export type { StageContext };

@@ -1,0 +1,113 @@
+/**
+ * The shapes the funnel's stages share: the validated query, the per-request context, the
+ * candidate, and the Stage interface (product-mixer style: a stage holds business logic only;
+ * runStage() wraps it with its timeout, fail-open policy, latency and telemetry).
+ */
+import type { PipelineConfig, PopularityConfig } from '../config/schema';
+import type { AdTable } from '../serving/ad-table';
+import type { Metric } from '../native/index';
+
+/** Sourcing stages, and the bit each sets in Candidate.sources. */
+export const SOURCES = ['Ann', 'Targeting', 'Popularity'] as const;
+export type SourceName = (typeof SOURCES)[number];
+export const SOURCE_BIT: Readonly<Record<SourceName, number>> = { Ann: 1, Targeting: 2, Popularity: 4 };
+
+/** Names of the sourcing stages set in a `sources` bit mask, in SOURCES order. */
+export function sourceNames(mask: number): string[] {
+  return SOURCES.filter((s) => (mask & SOURCE_BIT[s]) !== 0);
+}
+
+/** A Retrieve request after validation. */
+export interface RetrieveQuery {
+  requestId: string;
+  userId: string;
+  /** Attribute name -> values (own properties only). */
+  attributes: Record<string, string[]>;
+  /** The user embedding (catalog dimension), or null when the request sent none. */
+  embedding: Float32Array | null;
+  /** Candidates to return (the configured default already applied). */
+  numResults: number;
+  excludeAdIds: ReadonlySet<string>;
+  excludeAdvertiserIds: ReadonlySet<string>;
+  blockedCategories: ReadonlySet<string>;
+  /** Name of the pipeline serving the request. */
+  pipeline: string;
+  debug: boolean;
+}
+
+/** The request's eligible set: bit `id` set when the ad may be shown (targeting, servable, not excluded). */
+export interface EligibleSet {
+  bits: Uint32Array;
+  count: number;
+}
+
+/** A funnel candidate: an internal ad id with what the stages learned about it. */
+export interface Candidate {
+  id: number;
+  /** Bit mask of SOURCE_BIT: which sourcing stages produced it. */
+  sources: number;
+  /** Similarity to the user embedding from the Ann stage (higher is better), NaN when not computed. */
+  annScore: number;
+  /** Rank within its best source (0 = first), for merge order before ranking. */
+  sourceRank: number;
+  /** EarlyRanker's eCPM; NaN before ranking. */
+  score: number;
+}
+
+/** Read access to ad vectors (the ANN index's copies). */
+export interface VectorSource {
+  readonly dim: number;
+  readonly metric: Metric;
+  /** The stored vector of `id` (normalised for `cos`), or undefined when absent. */
+  get(id: number): Float32Array | undefined;
+}
+
+/** Time-decayed engagement, read by the Popularity source and the EarlyRanker. */
+export interface PopularityView {
+  /** Ids by decayed engagement, best first: overall (segment undefined) or in `attribute=value`. */
+  ranked(segment?: { attribute: string; value: string }): Uint32Array;
+  /** Smoothed decayed click-through rate of `id` at `nowMs`: clicks / (impressions + prior). */
+  rate(id: number, nowMs: number): number;
+}
+
+/** What a stage sees of the serving state (one consistent view per request). */
+export interface ServingView {
+  readonly ads: AdTable;
+  readonly vectors: VectorSource | null;
+  readonly popularity: PopularityView;
+  readonly popularityConfig: PopularityConfig;
+  /** Data change sequence number. */
+  readonly seq: number;
+}
+
+/** Per-request context handed to every stage. */
+export interface StageContext {
+  readonly query: RetrieveQuery;
+  readonly pipeline: PipelineConfig;
+  readonly state: ServingView;
+  /** Request time, epoch ms, fixed for the whole request (flight windows, budgets, pacing). */
+  readonly nowMs: number;
+  /** Aborted when the stage times out or the request's deadline passes. */
+  readonly signal: AbortSignal;
+  /** The eligible set (null when the Eligibility stage failed: nothing may then be returned). */
+  readonly eligible: EligibleSet | null;
+  /** Adds a key=value to the stage's detail (StageStats.detail, span attributes). */
+  note(key: string, value: string | number | boolean): void;
+}
+
+/** A funnel stage: a name (also its config key) and business logic only. */
+export interface Stage<In, Out> {
+  readonly name: string;
+  run(ctx: StageContext, input: In): Promise<Out> | Out;
+}
+
+/** Reports of one stage run, as the executor saw it. */
+export interface StageReport {
+  name: string;
+  status: 'ok' | 'timeout' | 'error' | 'skipped';
+  candidatesIn: number;
+  candidatesOut: number;
+  latencyMs: number;
+  detail: Record<string, string | number | boolean>;
+  error?: string;
+}

@@ -1,0 +1,442 @@
+/**
+ * Everything a serving process holds in memory for one data directory: the ad table, the ANN
+ * index, the targeting index, popularity, and the "servable" bitset (active, in flight, under
+ * budget now). Admin writes go through here: validated input is written to LMDB first (one
+ * synced transaction), then applied in memory, then the call returns, so an OK write is durable
+ * and seen by every later Retrieve. Writes are serialised; reads never wait for them.
+ */
+import type { Config, PopularityConfig } from '../config/schema';
+import type { HnswIndex, TargetingIndex } from '../native/index';
+import { HnswIndex as NativeHnswIndex, TargetingIndex as NativeTargetingIndex } from '../native/index';
+import type { PopularityView, ServingView, VectorSource } from '../pipeline/types';
+import { syncAnnIndex, annPath } from '../store/ann-sync';
+import type { CatalogRow } from '../store/catalog-schema';
+import { CatalogStore, type AdRecord, type EngagementEvent } from '../store/catalog-store';
+import { AdTable, epochDay } from './ad-table';
+import { PopularityState, type ResolvedEvent } from './popularity';
+import { PriorOrder } from './prior-order';
+
+/** Log sink of the state (pino-compatible subset). */
+export interface StateLogger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+}
+
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  run<T>(fn: () => Promise<T> | T): Promise<T> {
+    const result = this.tail.then(fn);
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+}
+
+/** Min-heap of (time, id) flight boundaries. */
+class TimeHeap {
+  private t: number[] = [];
+  private ids: number[] = [];
+  push(time: number, id: number): void {
+    let i = this.t.length;
+    this.t.push(time);
+    this.ids.push(id);
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (this.t[p] <= this.t[i]) break;
+      this.swap(i, p);
+      i = p;
+    }
+  }
+  /** Pops every id whose time is <= `now`. */
+  popUntil(now: number): number[] {
+    const out: number[] = [];
+    while (this.t.length > 0 && this.t[0] <= now) {
+      out.push(this.ids[0]);
+      const lastT = this.t.pop()!;
+      const lastId = this.ids.pop()!;
+      if (this.t.length === 0) break;
+      this.t[0] = lastT;
+      this.ids[0] = lastId;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < this.t.length && this.t[l] < this.t[m]) m = l;
+        if (r < this.t.length && this.t[r] < this.t[m]) m = r;
+        if (m === i) break;
+        this.swap(i, m);
+        i = m;
+      }
+    }
+    return out;
+  }
+  get size(): number {
+    return this.t.length;
+  }
+  private swap(a: number, b: number): void {
+    [this.t[a], this.t[b]] = [this.t[b], this.t[a]];
+    [this.ids[a], this.ids[b]] = [this.ids[b], this.ids[a]];
+  }
+}
+
+/** Result of an Admin write that may name unknown ads. */
+export interface WriteOutcome {
+  seq: number;
+  count: number;
+  unknown: string[];
+}
+
+/** Sizes reported by metrics and logs. */
+export interface StateSizes {
+  ads: number;
+  servable: number;
+  annVectors: number;
+  annBytes: number;
+  targetingBytes: number;
+  popularitySegments: number;
+}
+
+/** The serving state of one data directory. */
+export class ServingState implements ServingView {
+  readonly ads = new AdTable();
+  readonly popularity: PopularityState;
+  readonly priorOrder = new PriorOrder();
+  private servableBits = new Uint32Array(0);
+  private servableCount = 0;
+  private readonly flights = new TimeHeap();
+  private day: number;
+  private readonly writes = new Mutex();
+  private timer: NodeJS.Timeout | undefined;
+  private annChanges = 0;
+  private closed = false;
+
+  private constructor(
+    readonly store: CatalogStore,
+    private ann_: HnswIndex,
+    readonly targeting: TargetingIndex,
+    private popularityConfig_: PopularityConfig,
+    private readonly log: StateLogger,
+  ) {
+    this.popularity = new PopularityState(popularityConfig_);
+    this.day = epochDay(Date.now());
+  }
+
+  /**
+   * Opens the data directory and loads everything into memory: the ANN index is memory-mapped
+   * from its file and caught up from the change log (rebuilt when it cannot be).
+   */
+  static async open(dataDir: string, config: Config, log: StateLogger): Promise<ServingState> {
+    const store = CatalogStore.open(dataDir);
+    try {
+      const sync = await syncAnnIndex(store, { save: true, mmap: true });
+      log.info({ how: sync.how, reason: sync.reason, applied: sync.applied, seconds: sync.seconds, vectors: sync.index.size }, 'ann index ready');
+      const state = new ServingState(store, sync.index, new NativeTargetingIndex(), config.popularity, log);
+      state.loadAll();
+      return state;
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+  }
+
+  private loadAll(): void {
+    const started = Date.now();
+    for (const ad of this.store.ads()) {
+      this.ads.set(ad);
+      this.targeting.set(ad.id, ad.targeting ?? undefined);
+      this.trackFlight(ad, started);
+    }
+    for (const s of this.store.spends()) {
+      const id = this.ads.idOf(s.adId);
+      if (id >= 0 && s.day === new Date(started).toISOString().slice(0, 10)) this.ads.setSpend(id, s.micros, started);
+    }
+    let records = 0;
+    for (const p of this.store.popularity()) {
+      const id = this.ads.idOf(p.adId);
+      if (id < 0) continue;
+      this.popularity.load(id, p.segment, p.record);
+      records++;
+    }
+    this.priorOrder.rebuild(this.ads);
+    this.recomputeServable(started);
+    this.log.info(
+      { ads: this.ads.size, servable: this.servableCount, popularity_records: records, seconds: (Date.now() - started) / 1000 },
+      'catalog loaded',
+    );
+  }
+
+  /** Starts the once-a-second upkeep (flight windows opening and closing, UTC day rollover). */
+  startUpkeep(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => this.tick(Date.now()), 1000);
+    this.timer.unref();
+  }
+
+  /** Applies time: flights that opened or closed, budgets reset at a new UTC day. */
+  tick(nowMs: number): void {
+    const day = epochDay(nowMs);
+    if (day !== this.day) {
+      this.day = day;
+      this.recomputeServable(nowMs);
+      return;
+    }
+    const due = this.flights.popUntil(nowMs);
+    if (due.length > 0) this.updateServable(due, nowMs);
+  }
+
+  private trackFlight(ad: AdRecord, nowMs: number): void {
+    if (ad.start_ms !== null && ad.start_ms > nowMs) this.flights.push(ad.start_ms, ad.id);
+    if (ad.end_ms !== null && ad.end_ms > nowMs) this.flights.push(ad.end_ms, ad.id);
+  }
+
+  private recomputeServable(nowMs: number): void {
+    const words = Math.ceil(Math.max(this.ads.capacity, this.targeting.capacity, 1) / 32);
+    const bits = new Uint32Array(words);
+    let count = 0;
+    for (const id of this.ads.ids()) {
+      if (this.ads.servable(id, nowMs)) {
+        bits[id >>> 5] |= 1 << (id & 31);
+        count++;
+      }
+    }
+    this.servableBits = bits;
+    this.servableCount = count;
+  }
+
+  // Copy-on-write: a targeting match on the thread pool may be reading the current array.
+  private updateServable(ids: Iterable<number>, nowMs: number): void {
+    const words = Math.ceil(Math.max(this.ads.capacity, this.targeting.capacity, 1) / 32);
+    const bits = new Uint32Array(Math.max(words, this.servableBits.length));
+    bits.set(this.servableBits);
+    let count = this.servableCount;
+    for (const id of ids) {
+      const w = id >>> 5;
+      const m = 1 << (id & 31);
+      const was = (bits[w] & m) !== 0;
+      const now = this.ads.servable(id, nowMs);
+      if (now && !was) {
+        bits[w] |= m;
+        count++;
+      } else if (!now && was) {
+        bits[w] &= ~m;
+        count--;
+      }
+    }
+    this.servableBits = bits;
+    this.servableCount = count;
+  }
+
+  /** The servable bitset (never modified in place: writers swap in a new array). */
+  get servable(): { bits: Uint32Array; count: number } {
+    return { bits: this.servableBits, count: this.servableCount };
+  }
+
+  /** The ANN index (replaced only when the first ads arrive in an empty directory). */
+  get ann(): HnswIndex {
+    return this.ann_;
+  }
+
+  get vectors(): VectorSource | null {
+    const ann = this.ann;
+    if (ann.size === 0) return null;
+    return {
+      dim: ann.dim,
+      metric: ann.metric,
+      get: (id: number) => (ann.has(id) ? ann.getVector(id) : undefined),
+    };
+  }
+
+  get popularityConfig(): PopularityConfig {
+    return this.popularityConfig_;
+  }
+  get seq(): number {
+    return this.store.seq;
+  }
+  /** Embedding dimension of the catalog (null before the first ad). */
+  get dim(): number | null {
+    return this.store.dim;
+  }
+
+  /** Applies a new config's state-wide parts (popularity decay and segments). */
+  configure(config: Config): void {
+    this.popularityConfig_ = config.popularity;
+    this.popularity.configure(config.popularity);
+  }
+
+  /** Sizes for metrics. */
+  sizes(): StateSizes {
+    return {
+      ads: this.ads.size,
+      servable: this.servableCount,
+      annVectors: this.ann.size,
+      annBytes: this.ann.memoryBytes(),
+      targetingBytes: this.targeting.memoryBytes(),
+      popularitySegments: this.popularity.segmentCount,
+    };
+  }
+
+  /** Inserts or replaces ads (validated rows of the catalog's dimension). */
+  upsertAds(rows: ReadonlyArray<CatalogRow>): Promise<{ seq: number; inserted: number; updated: number }> {
+    return this.writes.run(async () => {
+      const result = this.store.upsert(rows);
+      const now = Date.now();
+      const ids = new Uint32Array(rows.length);
+      const dim = this.store.dim!;
+      if (this.ann_.dim !== dim && this.ann_.size === 0) {
+        const { metric, M, efConstruction } = this.store.ann;
+        this.ann_ = new NativeHnswIndex({ dim, metric, M, efConstruction, capacity: 1024 });
+      }
+      const vectors = new Float32Array(rows.length * dim);
+      const touched: number[] = [];
+      rows.forEach((row, i) => {
+        const rec = this.store.getAd(row.ad_id)!;
+        this.ads.set(rec);
+        this.targeting.set(rec.id, rec.targeting ?? undefined);
+        this.trackFlight(rec, now);
+        ids[i] = rec.id;
+        vectors.set(row.embedding, i * dim);
+        touched.push(rec.id);
+      });
+      this.priorOrder.update(this.ads, touched);
+      await this.ann.addBatchAsync(ids, vectors, 1);
+      this.updateServable(touched, now);
+      this.annChanged(rows.length);
+      return { seq: result.seq, inserted: result.inserted, updated: result.updated };
+    });
+  }
+
+  /** Pauses or activates ads; unknown ids are reported, not an error. */
+  setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused'): Promise<WriteOutcome> {
+    return this.writes.run(() => {
+      const r = this.store.setStatus(adIds, status);
+      const touched: number[] = [];
+      for (const rec of r.updated) {
+        this.ads.setActive(rec.id, status === 'active');
+        touched.push(rec.id);
+      }
+      this.updateServable(touched, Date.now());
+      return { seq: r.seq, count: r.updated.length, unknown: r.unknown };
+    });
+  }
+
+  /** Deletes ads; unknown ids are reported, not an error. */
+  deleteAds(adIds: ReadonlyArray<string>): Promise<WriteOutcome> {
+    return this.writes.run(() => {
+      const known: { adId: string; id: number }[] = [];
+      const unknown: string[] = [];
+      for (const adId of new Set(adIds)) {
+        const id = this.ads.idOf(adId);
+        if (id < 0) unknown.push(adId);
+        else known.push({ adId, id });
+      }
+      const r = this.store.remove(known.map((k) => k.adId));
+      for (const { id } of known) {
+        this.ads.remove(id);
+        if (this.targeting.has(id)) this.targeting.remove(id);
+        if (this.ann.has(id)) this.ann.remove(id);
+        this.popularity.remove(id);
+      }
+      this.priorOrder.remove(known.map((k) => k.id));
+      this.updateServable(
+        known.map((k) => k.id),
+        Date.now(),
+      );
+      this.annChanged(known.length);
+      return { seq: r.seq, count: r.removed, unknown };
+    });
+  }
+
+  /** Records today's cumulative spend per ad; unknown ids are reported. */
+  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>): Promise<WriteOutcome> {
+    return this.writes.run(() => {
+      const now = Date.now();
+      const unknown = entries.filter((e) => this.ads.idOf(e.ad_id) < 0).map((e) => e.ad_id);
+      const r = this.store.reportSpend(
+        entries.filter((e) => this.ads.idOf(e.ad_id) >= 0),
+        now,
+      );
+      const touched: number[] = [];
+      for (const e of entries) {
+        const id = this.ads.idOf(e.ad_id);
+        if (id < 0) continue;
+        this.ads.setSpend(id, e.spend_micros, now);
+        touched.push(id);
+      }
+      this.updateServable(touched, now);
+      return { seq: this.store.seq, count: r.applied, unknown };
+    });
+  }
+
+  /** Records engagement events (counters and decayed popularity); unknown ids are reported. */
+  recordEvents(
+    events: ReadonlyArray<EngagementEvent & { attributes: Readonly<Record<string, readonly string[]>> }>,
+  ): Promise<WriteOutcome> {
+    return this.writes.run(() => {
+      const resolved: ResolvedEvent[] = [];
+      const known: EngagementEvent[] = [];
+      const unknown: string[] = [];
+      for (const e of events) {
+        const id = this.ads.idOf(e.ad_id);
+        if (id < 0) {
+          unknown.push(e.ad_id);
+          continue;
+        }
+        known.push(e);
+        resolved.push({ id, adId: e.ad_id, click: e.type === 'CLICK', timestampMs: e.timestamp_ms, segments: this.popularity.segmentsOf(e.attributes) });
+      }
+      const updates = this.popularity.plan(resolved);
+      const r = this.store.recordEvents(
+        known,
+        updates.map((u) => ({ adId: u.adId, segment: u.segment, record: u.record })),
+      );
+      this.popularity.apply(updates);
+      return { seq: this.store.seq, count: r.applied, unknown };
+    });
+  }
+
+  /** The stored ads of these ad_ids, in order; unknown ids are skipped. */
+  getAds(adIds: ReadonlyArray<string>): { rec: AdRecord; embedding: Float32Array }[] {
+    const out: { rec: AdRecord; embedding: Float32Array }[] = [];
+    for (const adId of adIds) {
+      const rec = this.store.getAd(adId);
+      if (!rec) continue;
+      out.push({ rec, embedding: this.store.getEmbedding(rec.id) ?? new Float32Array(0) });
+    }
+    return out;
+  }
+
+  private annChanged(n: number): void {
+    this.annChanges += n;
+  }
+
+  /** Saves the ANN index when Admin writes changed it (so the next start has less log to replay). */
+  async checkpoint(): Promise<boolean> {
+    return this.writes.run(async () => {
+      if (this.annChanges === 0) return false;
+      const seq = this.store.seq;
+      this.ann.save(annPath(this.store), { tag: seq });
+      await this.store.pruneLog(seq);
+      this.log.info({ seq, changes: this.annChanges }, 'ann index checkpointed');
+      this.annChanges = 0;
+      return true;
+    });
+  }
+
+  /** Stops upkeep, checkpoints, closes the store. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    try {
+      await this.checkpoint();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'ann checkpoint failed at close; the next start replays the log');
+    }
+    await this.writes.run(() => this.store.close());
+  }
+}
+
+export type { PopularityView };

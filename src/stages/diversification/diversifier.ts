@@ -1,0 +1,153 @@
+/**
+ * Diversifier: advertiser and category caps over the ranked list, then maximal marginal
+ * relevance (MMR) over its head so that near-duplicate ads do not crowd the answer.
+ */
+import type { Candidate, Stage, StageContext, VectorSource } from '../../pipeline/types';
+import type { AdTable } from '../../serving/ad-table';
+
+/** Keeps candidates (ranked best first) in order while their advertiser has fewer than `maxPerAdvertiser` and their category fewer than `maxPerCategory` kept; returns the survivors. */
+export function applyCaps(
+  input: readonly Candidate[],
+  ads: Pick<AdTable, 'advertiserKey' | 'categoryKey'>,
+  maxPerAdvertiser: number,
+  maxPerCategory: number,
+): Candidate[] {
+  const out: Candidate[] = [];
+  const perAdvertiser = new Map<number, number>();
+  const perCategory = new Map<number, number>();
+  for (let i = 0; i < input.length; i++) {
+    const c = input[i];
+    const a = ads.advertiserKey(c.id);
+    const k = ads.categoryKey(c.id);
+    const na = perAdvertiser.get(a) ?? 0;
+    const nk = perCategory.get(k) ?? 0;
+    if (na >= maxPerAdvertiser || nk >= maxPerCategory) continue;
+    perAdvertiser.set(a, na + 1);
+    perCategory.set(k, nk + 1);
+    out.push(c);
+  }
+  return out;
+}
+
+/** Whether heap entry `a` comes before `b`: higher value, or equal value and earlier rank. */
+function before(value: Float64Array, a: number, b: number): boolean {
+  return value[a] > value[b] || (value[a] === value[b] && a < b);
+}
+
+/** Moves heap[i] down the heap heap[0..size) (root = the best) to its place. */
+function siftDown(heap: Int32Array, size: number, value: Float64Array, i: number): void {
+  const x = heap[i];
+  for (;;) {
+    let c = 2 * i + 1;
+    if (c >= size) break;
+    if (c + 1 < size && before(value, heap[c + 1], heap[c])) c++;
+    if (!before(value, heap[c], x)) break;
+    heap[i] = heap[c];
+    i = c;
+  }
+  heap[i] = x;
+}
+
+/**
+ * MMR order of `pool[0..depth)` (ranked best first), `picks` long at most: each step takes the
+ * argmax of lambda * score/maxScore - (1 - lambda) * max cosine to those already taken (ties to
+ * the earlier); a missing vector has similarity 0 to everything. Returns indices into `pool`.
+ */
+export function mmrOrder(pool: readonly Candidate[], depth: number, picks: number, lambda: number, vectors: VectorSource): number[] {
+  const m = Math.min(depth, pool.length);
+  const want = Math.min(picks, m);
+  const order: number[] = [];
+  if (want <= 0) return order;
+  const vecs: (Float32Array | undefined)[] = new Array(m);
+  const invNorm = new Float64Array(m);
+  const rel = new Float64Array(m);
+  let maxScore = 0;
+  for (let i = 0; i < m; i++) {
+    const s = pool[i].score;
+    if (s > maxScore) maxScore = s;
+  }
+  for (let i = 0; i < m; i++) {
+    const s = pool[i].score;
+    rel[i] = maxScore > 0 && s > 0 ? s / maxScore : 0;
+    const v = vectors.get(pool[i].id);
+    let ss = 0;
+    if (v !== undefined) for (let j = 0; j < v.length; j++) ss += v[j] * v[j];
+    if (v !== undefined && ss > 0 && ss !== Infinity) {
+      vecs[i] = v;
+      invNorm[i] = 1 / Math.sqrt(ss);
+    }
+  }
+  const cosine = (p: number, i: number): number => {
+    const b = vecs[p];
+    const v = vecs[i];
+    if (b === undefined || v === undefined || v.length !== b.length) return 0;
+    let dot = 0;
+    for (let j = 0; j < b.length; j++) dot += b[j] * v[j];
+    return dot * invNorm[p] * invNorm[i];
+  };
+  // Step one: relevance alone (nothing is taken yet).
+  let first = 0;
+  for (let i = 1; i < m; i++) if (lambda * rel[i] > lambda * rel[first]) first = i;
+  order.push(first);
+  if (want === 1) return order;
+  // Lazy greedy: after step one a candidate's max similarity only grows, so its value only
+  // shrinks, and a value computed against fewer picks is an upper bound. Only a candidate that
+  // reaches the top of the heap is brought up to date (against the picks it has not seen yet);
+  // it is taken when it stays on top. Same picks and ties as recomputing everything each step,
+  // with far fewer dot products in practice (at most depth x picks).
+  const penalty = 1 - lambda;
+  const maxSim = new Float64Array(m).fill(-Infinity);
+  const seen = new Int32Array(m);
+  const value = new Float64Array(m);
+  const heap = new Int32Array(m - 1);
+  let size = 0;
+  for (let i = 0; i < m; i++) {
+    if (i === first) continue;
+    const sim = cosine(first, i);
+    if (sim > maxSim[i]) maxSim[i] = sim;
+    seen[i] = 1;
+    value[i] = lambda * rel[i] - penalty * maxSim[i];
+    heap[size++] = i;
+  }
+  for (let i = (size >>> 1) - 1; i >= 0; i--) siftDown(heap, size, value, i);
+  while (order.length < want) {
+    const top = heap[0];
+    if (seen[top] < order.length) {
+      for (let r = seen[top]; r < order.length; r++) {
+        const sim = cosine(order[r], top);
+        if (sim > maxSim[top]) maxSim[top] = sim;
+      }
+      seen[top] = order.length;
+      value[top] = lambda * rel[top] - penalty * maxSim[top];
+      siftDown(heap, size, value, 0);
+      continue;
+    }
+    order.push(top);
+    heap[0] = heap[--size];
+    siftDown(heap, size, value, 0);
+  }
+  return order;
+}
+
+/** Applies the advertiser and category caps, re-orders the first mmr_depth survivors by MMR (when mmr_depth > 0, mmr_lambda < 1 and vectors exist) and returns the first query.numResults; scores are left as they are. */
+export class Diversifier implements Stage<Candidate[], Candidate[]> {
+  readonly name = 'Diversifier';
+
+  run(ctx: StageContext, input: Candidate[]): Candidate[] {
+    const cfg = ctx.pipeline.stages.Diversifier;
+    const ads = ctx.state.ads;
+    const vectors = ctx.state.vectors;
+    const n = Math.max(0, ctx.query.numResults);
+    const survivors = applyCaps(input, ads, cfg.max_per_advertiser, cfg.max_per_category);
+    ctx.note('capped', input.length - survivors.length);
+    if (cfg.mmr_depth === 0 || !(cfg.mmr_lambda < 1) || vectors === null || survivors.length < 2 || n < 2) {
+      return survivors.length > n ? survivors.slice(0, n) : survivors;
+    }
+    const depth = Math.min(cfg.mmr_depth, survivors.length);
+    const order = mmrOrder(survivors, depth, n, cfg.mmr_lambda, vectors);
+    const out: Candidate[] = new Array(order.length);
+    for (let i = 0; i < order.length; i++) out[i] = survivors[order[i]];
+    for (let i = depth; i < survivors.length && out.length < n; i++) out.push(survivors[i]);
+    return out;
+  }
+}

@@ -1,0 +1,77 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import pino from 'pino';
+import { defaultConfig } from '../../src/config/load';
+import { pipelineSchema } from '../../src/config/schema';
+import { Funnel } from '../../src/pipeline/funnel';
+import { ingestCatalog } from '../../src/store/ingest';
+import { ServingState } from '../../src/serving/state';
+import { row, tempDir, writeCatalog } from '../fixtures/catalog';
+import { query } from '../fixtures/stage-context';
+
+describe('Funnel', () => {
+  let dir: string;
+  let state: ServingState;
+  before(async () => {
+    dir = tempDir('funnel');
+    const rows = Array.from({ length: 60 }, (_, i) => row(i, 8, i % 5 === 0 ? { status: 'paused' } : i % 3 === 0 ? { targeting: [{ country: { any_of: ['DE'] } }] } : {}));
+    await ingestCatalog(writeCatalog(dir, 'c.jsonl', rows), path.join(dir, 'data'));
+    state = await ServingState.open(path.join(dir, 'data'), defaultConfig(), pino({ level: 'silent' }));
+  });
+  after(async () => {
+    await state.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const run = (stages: Record<string, unknown> = {}, q: Parameters<typeof query>[0] = {}) => {
+    const funnel = new Funnel(state);
+    const pipeline = pipelineSchema.parse({ stages });
+    funnel.prepare({ ...defaultConfig(), pipelines: { default: pipeline } });
+    return funnel.run(query({ attributes: { country: ['US'] }, embedding: Float32Array.from({ length: 8 }, (_, i) => Math.cos(i)), numResults: 10, ...q }), pipeline, Date.now() + 5000, new AbortController().signal);
+  };
+  const eligible = (id: number) => state.ads.isActive(id) && state.store.getAdById(id)?.targeting === null;
+
+  it('when every stage works, then the answer is eligible, sourced, ranked and reported in funnel order', async () => {
+    const r = await run();
+    assert.deepEqual(r.degradedStages, []);
+    assert.deepEqual(
+      r.reports.map((x) => x.name),
+      ['Eligibility', 'Ann', 'Targeting', 'Popularity', 'Merge', 'Filters', 'EarlyRanker', 'Diversifier'],
+    );
+    assert.equal(r.candidates.length, 10);
+    assert.ok(r.candidates.every((c) => eligible(c.id) && Number.isFinite(c.score) && c.sources !== 0));
+  });
+
+  it('when a source times out, then it is named in degradedStages and the rest still answer', async () => {
+    const r = await run({ Ann: { timeout_ms: 10, fault: { delay_ms: 300 } } });
+    assert.deepEqual(r.degradedStages, ['Ann']);
+    assert.ok(r.candidates.length > 0 && r.candidates.every((c) => eligible(c.id)));
+    assert.equal(r.reports.find((x) => x.name === 'Ann')?.status, 'timeout');
+  });
+
+  it('when Filters fail, then nothing is returned (fail closed) and Filters is degraded', async () => {
+    const r = await run({ Filters: { fault: { error_rate: 1 } } });
+    assert.deepEqual(r.candidates, []);
+    assert.ok(r.degradedStages.includes('Filters'));
+  });
+
+  it('when the EarlyRanker fails, then a bid x ctr_prior order still answers with eligible ads', async () => {
+    const r = await run({ EarlyRanker: { fault: { error_rate: 1 } } });
+    assert.deepEqual(r.degradedStages, ['EarlyRanker']);
+    assert.ok(r.candidates.length > 0 && r.candidates.every((c) => eligible(c.id) && Number.isFinite(c.score)));
+  });
+
+  it('when Eligibility fails, then no source runs and nothing is returned', async () => {
+    const r = await run({ Eligibility: { fault: { error_rate: 1 } } });
+    assert.deepEqual(r.candidates, []);
+    assert.equal(r.reports.find((x) => x.name === 'Targeting')?.status, 'skipped');
+    assert.ok(r.degradedStages.includes('Eligibility'));
+  });
+
+  it('when there is no user embedding, then Ann is skipped, not degraded', async () => {
+    const r = await run({}, { embedding: null });
+    assert.equal(r.reports.find((x) => x.name === 'Ann')?.status, 'skipped');
+    assert.deepEqual(r.degradedStages, []);
+  });
+});

@@ -1,0 +1,160 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import pino from 'pino';
+import { defaultConfig } from '../../src/config/load';
+import { catalogRowSchema } from '../../src/store/catalog-schema';
+import { CatalogStore } from '../../src/store/catalog-store';
+import { ingestCatalog } from '../../src/store/ingest';
+import { ServingState } from '../../src/serving/state';
+import { BitsetPool, Eligibility } from '../../src/stages/eligibility';
+import { makeContext } from '../fixtures/stage-context';
+import { row, tempDir, writeCatalog } from '../fixtures/catalog';
+
+const log = pino({ level: 'silent' });
+const bit = (bits: Uint32Array, id: number) => ((bits[id >>> 5] >>> (id & 31)) & 1) === 1;
+
+describe('ServingState', () => {
+  let dir: string;
+  let data: string;
+  beforeEach(() => {
+    dir = tempDir('state');
+    data = path.join(dir, 'data');
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  async function open(rows: Record<string, unknown>[]): Promise<ServingState> {
+    await ingestCatalog(writeCatalog(dir, 'c.jsonl', rows), data);
+    return ServingState.open(data, defaultConfig(), log);
+  }
+
+  it('when loaded, then the servable set holds exactly the active, in-flight, under-budget ads', async () => {
+    const now = Date.now();
+    const s = await open([
+      row(0),
+      row(1, 4, { status: 'paused' }),
+      row(2, 4, { start_time: new Date(now + 3_600_000).toISOString() }),
+      row(3, 4, { end_time: new Date(now - 3_600_000).toISOString(), start_time: new Date(now - 7_200_000).toISOString() }),
+      row(4, 4, { daily_budget_micros: 0 }),
+      row(5),
+    ]);
+    try {
+      const ids = ['ad-0', 'ad-1', 'ad-2', 'ad-3', 'ad-4', 'ad-5'].map((a) => s.ads.idOf(a));
+      assert.deepEqual(
+        ids.map((id) => bit(s.servable.bits, id)),
+        [true, false, false, false, false, true],
+      );
+      assert.equal(s.servable.count, 2);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('when Admin writes are applied, then the in-memory state and the store agree at once', async () => {
+    const s = await open([row(0), row(1)]);
+    try {
+      const before = s.servable.bits;
+      const r = await s.upsertAds([catalogRowSchema.parse(row(7, 4, { targeting: [{ country: { any_of: ['NZ'] } }] }))]);
+      assert.equal(r.inserted, 1);
+      const id7 = s.ads.idOf('ad-7');
+      assert.ok(id7 >= 0 && s.ann.has(id7) && s.targeting.has(id7) && bit(s.servable.bits, id7));
+      assert.notEqual(s.servable.bits, before, 'the servable bitset is replaced, never modified in place');
+      const m = s.targeting.match({ country: ['NZ'] });
+      assert.ok(bit(m.bits, id7));
+
+      const paused = await s.setStatus(['ad-0', 'nope'], 'paused');
+      assert.deepEqual(paused.unknown, ['nope']);
+      assert.equal(bit(s.servable.bits, s.ads.idOf('ad-0')), false);
+      assert.equal(s.store.getAd('ad-0')?.status, 'paused');
+
+      await s.reportSpend([{ ad_id: 'ad-1', spend_micros: 5 }]);
+      assert.equal(bit(s.servable.bits, s.ads.idOf('ad-1')), true, 'unlimited budget');
+
+      const id1 = s.ads.idOf('ad-1');
+      const del = await s.deleteAds(['ad-1']);
+      assert.equal(del.count, 1);
+      assert.equal(s.ads.idOf('ad-1'), -1);
+      assert.equal(s.ann.has(id1), false);
+      assert.equal(bit(s.servable.bits, id1), false);
+      assert.equal(s.store.getAd('ad-1'), undefined);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('when a flight opens or closes, then tick() moves the ad in or out of the servable set', async () => {
+    const now = Date.now();
+    const s = await open([row(0, 4, { start_time: new Date(now + 60_000).toISOString(), end_time: new Date(now + 120_000).toISOString() })]);
+    try {
+      const id = s.ads.idOf('ad-0');
+      assert.equal(bit(s.servable.bits, id), false);
+      s.tick(now + 61_000);
+      assert.equal(bit(s.servable.bits, id), true);
+      s.tick(now + 121_000);
+      assert.equal(bit(s.servable.bits, id), false);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('when events and spend were recorded, then a reopened state has the same popularity and spend', async () => {
+    let s = await open([row(0, 4, { daily_budget_micros: 100 }), row(1)]);
+    const t = Date.now();
+    await s.recordEvents([
+      { ad_id: 'ad-1', type: 'CLICK', timestamp_ms: t, attributes: { country: ['US'] } },
+      { ad_id: 'ad-0', type: 'IMPRESSION', timestamp_ms: t, attributes: {} },
+    ]);
+    await s.reportSpend([{ ad_id: 'ad-0', spend_micros: 100 }]);
+    const rate = s.popularity.rate(s.ads.idOf('ad-1'), t);
+    await s.close();
+    s = await ServingState.open(data, defaultConfig(), log);
+    try {
+      assert.deepEqual(Array.from(s.popularity.ranked()), [s.ads.idOf('ad-1'), s.ads.idOf('ad-0')]);
+      assert.deepEqual(Array.from(s.popularity.ranked({ attribute: 'country', value: 'US' })), [s.ads.idOf('ad-1')]);
+      assert.ok(Math.abs(s.popularity.rate(s.ads.idOf('ad-1'), t) - rate) < 1e-12);
+      assert.equal(bit(s.servable.bits, s.ads.idOf('ad-0')), false, 'budget exhausted survives the restart');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('when the data directory starts empty, then the first upsert sets the dimension and is searchable', async () => {
+    CatalogStore.open(data, { create: true }).close();
+    const s = await ServingState.open(data, defaultConfig(), log);
+    try {
+      await s.upsertAds([catalogRowSchema.parse(row(1, 6))]);
+      assert.equal(s.dim, 6);
+      assert.equal(s.ann.dim, 6);
+      assert.equal(s.ann.size, 1);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('when the Eligibility stage runs, then it is targeting AND servable minus every exclusion', async () => {
+    const s = await open([
+      row(0, 4, { targeting: [{ country: { any_of: ['US'] } }] }),
+      row(1, 4, { status: 'paused' }),
+      row(2),
+      row(3),
+      row(4, 4, { targeting: [{ country: { any_of: ['DE'] } }] }),
+      row(5),
+    ]);
+    try {
+      const pool = new BitsetPool();
+      const stage = new Eligibility(s, pool, () => undefined);
+      const ctx = makeContext({
+        ads: s.ads,
+        query: { attributes: { country: ['US'] }, excludeAdIds: new Set(['ad-2']), excludeAdvertiserIds: new Set([s.ads.advertiserId(s.ads.idOf('ad-3'))]) },
+      });
+      const e = await stage.run(ctx);
+      const got = [...s.ads.ids()].filter((id) => bit(e.bits, id)).map((id) => s.ads.adId(id)).sort();
+      const adv3 = s.ads.advertiserId(s.ads.idOf('ad-3'));
+      const want = ['ad-0', 'ad-5'].filter((a) => s.ads.advertiserId(s.ads.idOf(a)) !== adv3);
+      assert.deepEqual(got, want);
+      assert.equal(e.count, want.length);
+    } finally {
+      await s.close();
+    }
+  });
+});

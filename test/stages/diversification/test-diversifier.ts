@@ -1,0 +1,221 @@
+import { strict as assert } from 'node:assert';
+import fc from 'fast-check';
+import type { DiversifierStageConfig } from '../../../src/config/schema';
+import { SOURCE_BIT, type Candidate } from '../../../src/pipeline/types';
+import { Diversifier, mmrOrder } from '../../../src/stages/diversification/diversifier';
+import { adTable, cand, defaultPipeline, makeContext, MapVectors, type AdSpec } from '../../fixtures/stage-context';
+
+function pipelineWith(d: Partial<DiversifierStageConfig>) {
+  const p = defaultPipeline();
+  p.stages.Diversifier = { ...p.stages.Diversifier, ...d };
+  return p;
+}
+
+/** Candidates with the given ids and descending scores 100, 99, ... (ranked input). */
+function ranked(ids: number[]): Candidate[] {
+  return ids.map((id, i) => cand(id, SOURCE_BIT.Ann, { score: 100 - i, sourceRank: i }));
+}
+
+const idsOf = (cs: Candidate[]) => cs.map((c) => c.id);
+
+/** MMR by its definition: every step recomputes each remaining candidate's max cosine to every pick. */
+function bruteForceMmr(pool: Candidate[], vectors: MapVectors, lambda: number, picks: number): number[] {
+  const inv = (v: Float32Array | undefined) => {
+    if (!v) return 0;
+    let ss = 0;
+    for (const x of v) ss += x * x;
+    return ss > 0 ? 1 / Math.sqrt(ss) : 0;
+  };
+  const cosine = (s: Candidate, c: Candidate) => {
+    const a = vectors.get(s.id);
+    const b = vectors.get(c.id);
+    if (!a || !b || inv(a) === 0 || inv(b) === 0) return 0;
+    let dot = 0;
+    for (let j = 0; j < a.length; j++) dot += a[j] * b[j];
+    return dot * inv(a) * inv(b);
+  };
+  const maxScore = Math.max(0, ...pool.map((c) => c.score));
+  const picked: number[] = [];
+  while (picked.length < Math.min(picks, pool.length)) {
+    let best = -1;
+    let bestValue = -Infinity;
+    for (let i = 0; i < pool.length; i++) {
+      if (picked.includes(i)) continue;
+      const rel = maxScore > 0 && pool[i].score > 0 ? pool[i].score / maxScore : 0;
+      const sim = picked.length === 0 ? 0 : Math.max(...picked.map((p) => cosine(pool[p], pool[i])));
+      const value = lambda * rel - (picked.length === 0 ? 0 : (1 - lambda) * sim);
+      if (value > bestValue || best < 0) {
+        best = i;
+        bestValue = value;
+      }
+    }
+    picked.push(best);
+  }
+  return picked;
+}
+
+describe('Diversifier', () => {
+  it('when an advertiser has more ads than its cap, then only its best max_per_advertiser are kept and the rest are counted', async () => {
+    const specs: AdSpec[] = [0, 1, 2, 3, 4, 5].map((id) => ({ id, advertiser_id: id < 4 ? 'big' : `solo${id}` }));
+    const ctx = makeContext({ ads: adTable(specs), pipeline: pipelineWith({ max_per_advertiser: 2, mmr_depth: 0 }) });
+    const out = await new Diversifier().run(ctx, ranked([0, 1, 4, 2, 3, 5]));
+    assert.deepEqual(idsOf(out), [0, 1, 4, 5]);
+    assert.equal(ctx.notes.get('capped'), 2);
+  });
+
+  it('when a category has more ads than its cap, then only its best max_per_category are kept', async () => {
+    const specs: AdSpec[] = [0, 1, 2, 3, 4].map((id) => ({ id, category: id % 2 === 0 ? 'gaming' : 'finance' }));
+    const ctx = makeContext({ ads: adTable(specs), pipeline: pipelineWith({ max_per_category: 1, mmr_depth: 0 }) });
+    assert.deepEqual(idsOf(await new Diversifier().run(ctx, ranked([0, 1, 2, 3, 4]))), [0, 1]);
+  });
+
+  it('when an ad fails one cap, then it does not count towards the other', async () => {
+    // 1 is dropped by its advertiser's cap; 2 shares its category and is still kept.
+    const specs: AdSpec[] = [
+      { id: 0, advertiser_id: 'a', category: 'x' },
+      { id: 1, advertiser_id: 'a', category: 'y' },
+      { id: 2, advertiser_id: 'b', category: 'y' },
+    ];
+    const ctx = makeContext({ ads: adTable(specs), pipeline: pipelineWith({ max_per_advertiser: 1, max_per_category: 1, mmr_depth: 0 }) });
+    assert.deepEqual(idsOf(await new Diversifier().run(ctx, ranked([0, 1, 2]))), [0, 2]);
+  });
+
+  const NEAR: [number, number[]][] = [
+    [0, [1, 0, 0]],
+    [1, [0.999, 0.02, 0]],
+    [2, [0.998, 0, 0.03]],
+    [3, [0, 1, 0]],
+    [4, [0, 0, 1]],
+  ];
+
+  it('when lambda is 1, then the score order is kept even with near-duplicate vectors', async () => {
+    const ctx = makeContext({ ads: adTable(NEAR.map(([id]) => ({ id }))), vectors: new MapVectors(3, 'ip', NEAR), pipeline: pipelineWith({ mmr_lambda: 1 }) });
+    assert.deepEqual(idsOf(await new Diversifier().run(ctx, ranked([0, 1, 2, 3, 4]))), [0, 1, 2, 3, 4]);
+  });
+
+  it('when near-duplicates lead and lambda is 0.5, then a diverse lower-scored ad moves up', async () => {
+    const ctx = makeContext({ ads: adTable(NEAR.map(([id]) => ({ id }))), vectors: new MapVectors(3, 'ip', NEAR), pipeline: pipelineWith({ mmr_lambda: 0.5 }) });
+    const input = ranked([0, 1, 2, 3, 4]);
+    const scores = input.map((c) => c.score);
+    const out = await new Diversifier().run(ctx, input);
+    assert.deepEqual(idsOf(out), [0, 3, 4, 1, 2]);
+    assert.deepEqual(
+      input.map((c) => c.score),
+      scores,
+      'scores stay the eCPM',
+    );
+  });
+
+  it('when vectors are not normalised (ip metric), then MMR still uses the cosine', async () => {
+    const rows: [number, number[]][] = [
+      [0, [10, 0]],
+      [1, [0.1, 0]],
+      [2, [0, 3]],
+    ];
+    const ctx = makeContext({ ads: adTable(rows.map(([id]) => ({ id }))), vectors: new MapVectors(2, 'ip', rows), pipeline: pipelineWith({ mmr_lambda: 0.5 }) });
+    assert.deepEqual(idsOf(await new Diversifier().run(ctx, ranked([0, 1, 2]))), [0, 2, 1]);
+  });
+
+  it('when mmr_depth is smaller than the list, then only the head is re-ordered and the rest follow in order', async () => {
+    const ctx = makeContext({ ads: adTable(NEAR.map(([id]) => ({ id }))), vectors: new MapVectors(3, 'ip', NEAR), pipeline: pipelineWith({ mmr_lambda: 0.5, mmr_depth: 3 }) });
+    // The head [0, 1, 2] is all near-duplicates, so MMR keeps its order; 3 and 4 are beyond the depth.
+    assert.deepEqual(idsOf(await new Diversifier().run(ctx, ranked([0, 1, 2, 3, 4]))), [0, 1, 2, 3, 4]);
+    const ctx2 = makeContext({ ads: adTable(NEAR.map(([id]) => ({ id }))), vectors: new MapVectors(3, 'ip', NEAR), pipeline: pipelineWith({ mmr_lambda: 0.5, mmr_depth: 3 }) });
+    assert.deepEqual(idsOf(await new Diversifier().run(ctx2, ranked([0, 1, 3, 2, 4]))), [0, 3, 1, 2, 4]);
+  });
+
+  it('when a vector is missing, then it counts as similarity 0', () => {
+    const vectors = new MapVectors(3, 'ip', [
+      [0, [1, 0, 0]],
+      [1, [1, 0, 0]],
+    ]);
+    // 2 has no vector: with lambda 0.5 it beats the exact duplicate 1 despite a lower score.
+    const order = mmrOrder(ranked([0, 1, 2]), 3, 3, 0.5, vectors);
+    assert.deepEqual(order, [0, 2, 1]);
+  });
+
+  it('when MMR values tie, then the earlier candidate wins', () => {
+    const vectors = new MapVectors(2, 'ip', []);
+    const pool = [0, 1, 2].map((id) => cand(id, SOURCE_BIT.Ann, { score: 5 }));
+    assert.deepEqual(mmrOrder(pool, 3, 3, 0.3, vectors), [0, 1, 2]);
+    assert.deepEqual(mmrOrder(pool, 3, 3, 0, vectors), [0, 1, 2]);
+  });
+
+  it('when numResults is smaller than the list, then the answer is truncated to it', async () => {
+    const ads = adTable(NEAR.map(([id]) => ({ id })));
+    const vectors = new MapVectors(3, 'ip', NEAR);
+    const withMmr = makeContext({ ads, vectors, query: { numResults: 2 }, pipeline: pipelineWith({ mmr_lambda: 0.5 }) });
+    assert.deepEqual(idsOf(await new Diversifier().run(withMmr, ranked([0, 1, 2, 3, 4]))), [0, 3]);
+    const without = makeContext({ ads, vectors: null, query: { numResults: 3 } });
+    assert.deepEqual(idsOf(await new Diversifier().run(without, ranked([0, 1, 2, 3, 4]))), [0, 1, 2]);
+  });
+
+  it('when inputs are random, then the answer has no duplicates, honours both caps and numResults, and lambda 1 is the capped prefix, otherwise brute-force MMR', async () => {
+    const world = fc.record({
+      n: fc.integer({ min: 0, max: 60 }),
+      advertisers: fc.array(fc.nat(5), { minLength: 60, maxLength: 60 }),
+      categories: fc.array(fc.nat(4), { minLength: 60, maxLength: 60 }),
+      vecs: fc.array(fc.array(fc.integer({ min: -3, max: 3 }), { minLength: 4, maxLength: 4 }), { minLength: 60, maxLength: 60 }),
+      missing: fc.array(fc.boolean(), { minLength: 60, maxLength: 60 }),
+      maxAdv: fc.integer({ min: 1, max: 6 }),
+      maxCat: fc.integer({ min: 1, max: 12 }),
+      lambda: fc.constantFrom(0, 0.3, 0.5, 0.7, 0.99, 1),
+      depth: fc.integer({ min: 0, max: 70 }),
+      numResults: fc.integer({ min: 1, max: 70 }),
+    });
+    await fc.assert(
+      fc.asyncProperty(world, async (w) => {
+        const specs: AdSpec[] = [];
+        const rows: [number, number[]][] = [];
+        for (let id = 0; id < w.n; id++) {
+          specs.push({ id, advertiser_id: `a${w.advertisers[id]}`, category: `c${w.categories[id]}` });
+          if (!w.missing[id]) rows.push([id, w.vecs[id]]);
+        }
+        const ads = adTable(specs);
+        const input = ranked([...Array(w.n).keys()]);
+        const pipeline = pipelineWith({ max_per_advertiser: w.maxAdv, max_per_category: w.maxCat, mmr_lambda: w.lambda, mmr_depth: w.depth });
+        const vectors = new MapVectors(4, 'ip', rows);
+        const ctx = makeContext({ ads, vectors, pipeline, query: { numResults: w.numResults } });
+        const out = await new Diversifier().run(ctx, input);
+        assert.equal(new Set(idsOf(out)).size, out.length, 'no duplicates');
+        const perAdv = new Map<string, number>();
+        const perCat = new Map<string, number>();
+        for (const c of out) {
+          assert.equal(c, input[c.id], 'input objects pass through');
+          perAdv.set(ads.advertiserId(c.id), (perAdv.get(ads.advertiserId(c.id)) ?? 0) + 1);
+          perCat.set(ads.category(c.id), (perCat.get(ads.category(c.id)) ?? 0) + 1);
+        }
+        for (const v of perAdv.values()) assert.ok(v <= w.maxAdv);
+        for (const v of perCat.values()) assert.ok(v <= w.maxCat);
+        // The capped list, as the spec defines it.
+        const capped: number[] = [];
+        const a = new Map<string, number>();
+        const k = new Map<string, number>();
+        for (const c of input) {
+          const an = a.get(ads.advertiserId(c.id)) ?? 0;
+          const kn = k.get(ads.category(c.id)) ?? 0;
+          if (an >= w.maxAdv || kn >= w.maxCat) continue;
+          a.set(ads.advertiserId(c.id), an + 1);
+          k.set(ads.category(c.id), kn + 1);
+          capped.push(c.id);
+        }
+        assert.equal(ctx.notes.get('capped'), w.n - capped.length);
+        assert.equal(out.length, Math.min(w.numResults, capped.length));
+        const outIds = idsOf(out);
+        if (w.lambda === 1 || w.depth === 0) assert.deepEqual(outIds, capped.slice(0, w.numResults));
+        else {
+          const head = capped.slice(0, w.depth).map((id) => input[id]);
+          const want = bruteForceMmr(head, vectors, w.lambda, w.numResults).map((i) => head[i].id);
+          assert.deepEqual(outIds.slice(0, want.length), want, 'MMR equals its brute-force definition');
+        }
+        // MMR only permutes the head: each answer id is within the first `depth` of the capped list, or in its place after it.
+        const head = new Set(capped.slice(0, w.depth));
+        for (let i = 0; i < outIds.length; i++) {
+          if (i < Math.min(w.depth, capped.length)) assert.ok(head.has(outIds[i]));
+          else assert.equal(outIds[i], capped[i]);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
