@@ -6,9 +6,18 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { runIngest } from './ingest-command';
 import { runStats } from './stats-command';
+import { runServe } from './serve-command';
+import { runRetrieve } from './retrieve-command';
+import { runDemo } from './demo-command';
 
 /** Exit codes of the command line. */
 export const EXIT = { ok: 0, badData: 1, usage: 2, dataDir: 3 } as const;
+
+function port(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('a port must be an integer in 0..65535 (0 = any free port)');
+  return n;
+}
 
 function positiveInt(name: string, max: number) {
   return (v: string): number => {
@@ -44,6 +53,43 @@ export function buildProgram(): Command {
     .option('--json', 'print one JSON object instead of text', false)
     .action(async (opts) => {
       process.exitCode = await runStats(opts);
+    });
+  program
+    .command('serve')
+    .description('serve funnel.v1.Retrieval and funnel.v1.Admin (plus health and reflection) on a data directory')
+    .requiredOption('--data <dir>', 'data directory (made by funnel ingest)')
+    .option('--config <file>', 'YAML stage config (default: built-in defaults)')
+    .option('--port <n>', 'gRPC port (0 = any free port)', port, 50051)
+    .option('--host <host>', 'address to bind (0.0.0.0 for every interface)', '127.0.0.1')
+    .option('--admin-token-file <file>', 'file holding the bearer token Admin calls must present (without it, and without mTLS, Admin is refused)')
+    .option('--tls-cert <file>', 'server certificate chain (PEM); with --tls-key turns on TLS')
+    .option('--tls-key <file>', 'server private key (PEM)')
+    .option('--tls-client-ca <file>', 'CA (PEM) client certificates must chain to: mutual TLS, which also authorises Admin')
+    .option('--drain-timeout-ms <n>', 'longest SIGTERM waits for in-flight calls', positiveInt('--drain-timeout-ms', 3_600_000), 10_000)
+    .action(async (opts) => {
+      process.exitCode = await runServe(opts);
+    });
+  program
+    .command('retrieve')
+    .description('call Retrieve with a JSON request (file or stdin) and print the JSON answer')
+    .option('--addr <host:port>', 'server address', '127.0.0.1:50051')
+    .option('--request <file>', 'JSON request file (default: stdin)')
+    .option('--timeout-ms <n>', 'deadline of the call', positiveInt('--timeout-ms', 3_600_000), 5000)
+    .option('--tls-ca <file>', 'CA (PEM) to verify a TLS server with')
+    .option('--tls-cert <file>', 'client certificate (PEM) for mutual TLS')
+    .option('--tls-key <file>', 'client key (PEM) for mutual TLS')
+    .action(async (opts) => {
+      process.exitCode = await runRetrieve(opts);
+    });
+  program
+    .command('demo')
+    .description('build a generated demo catalog on first run, then serve it (what npm start runs)')
+    .option('--data <dir>', 'demo data directory', '.funnel-demo')
+    .option('--ads <n>', 'ads in the generated catalog', positiveInt('--ads', 10_000_000), 100_000)
+    .option('--port <n>', 'gRPC port', port, 50051)
+    .option('--host <host>', 'address to bind', '127.0.0.1')
+    .action(async (opts) => {
+      process.exitCode = await runDemo(opts);
     });
   return program;
 }

@@ -1,0 +1,71 @@
+/** `funnel serve`: serves both services on a data directory until SIGTERM/SIGINT, then drains and exits 0. */
+import { ConfigError } from '../config/load';
+import { DataDirError } from '../store/catalog-store';
+import { start, type Running } from '../main';
+
+/** Options as commander parses them. */
+export interface ServeCommandOptions {
+  data: string;
+  config?: string;
+  port: number;
+  host: string;
+  adminTokenFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
+  drainTimeoutMs: number;
+}
+
+/** Starts serving; resolves to the exit code once a signal has drained the server (or start failed). */
+export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: Running) => string } = {}): Promise<number> {
+  if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) {
+    process.stderr.write('funnel serve: --tls-cert and --tls-key go together\n');
+    return 2;
+  }
+  if (opts.tlsClientCa && !opts.tlsCert) {
+    process.stderr.write('funnel serve: --tls-client-ca needs --tls-cert and --tls-key\n');
+    return 2;
+  }
+  let running: Running;
+  try {
+    running = await start({
+      dataDir: opts.data,
+      configFile: opts.config,
+      host: opts.host,
+      port: opts.port,
+      adminTokenFile: opts.adminTokenFile,
+      tls: opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey!, clientCa: opts.tlsClientCa } : undefined,
+      drainTimeoutMs: opts.drainTimeoutMs,
+    });
+  } catch (err) {
+    const msg = (err as Error).message;
+    process.stderr.write(`funnel serve: ${msg}\n`);
+    return err instanceof DataDirError || err instanceof ConfigError ? 3 : /EADDRINUSE|No address added/.test(msg) ? 3 : 3;
+  }
+  const { state } = running;
+  process.stdout.write(
+    `funnel serving on ${running.host}:${running.port} (${state.ads.size} ads, dim ${state.dim ?? '-'}, seq ${state.seq}; ` +
+      `admin ${opts.tlsClientCa ? 'mTLS' : opts.adminTokenFile ? 'bearer token' : 'disabled'}; ${opts.tlsCert ? 'TLS' : 'plaintext'})\n`,
+  );
+  if (extra.banner) process.stdout.write(extra.banner(running));
+  return new Promise<number>((resolve) => {
+    let signalled = false;
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (signalled) return;
+      signalled = true;
+      running.log.info({ signal: sig, in_flight: running.server.inFlightCount }, 'draining');
+      running.stop().then(
+        () => {
+          running.log.info({}, 'stopped');
+          resolve(0);
+        },
+        (err) => {
+          process.stderr.write(`funnel serve: shutdown failed: ${(err as Error).message}\n`);
+          resolve(3);
+        },
+      );
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+}

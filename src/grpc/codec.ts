@@ -1,0 +1,132 @@
+/**
+ * Decoding of RetrieveRequest with the user embedding copied once: the packed `repeated float`
+ * field is read as the raw bytes it is on the wire (a view of the received buffer, through a
+ * shadow message type declaring field 4 as `bytes`), then copied once into the Float32Array the
+ * addon reads. Unpacked or split encodings (legal, rare) take the ordinary decode.
+ */
+import * as os from 'node:os';
+import * as protobuf from 'protobufjs';
+import { protoRoot } from './proto';
+
+/** A decoded Retrieve request: plain fields plus the embedding, or why it could not be read. */
+export interface DecodedRetrieve {
+  request_id: string;
+  user_id: string;
+  attributes: Record<string, { values: string[] }>;
+  user_embedding: Float32Array;
+  num_results: number;
+  exclude_ad_ids: string[];
+  exclude_advertiser_ids: string[];
+  blocked_categories: string[];
+  pipeline: string;
+  debug: boolean;
+  /** Set when the bytes are not a valid RetrieveRequest (answered INVALID_ARGUMENT). */
+  decodeError?: string;
+}
+
+const LITTLE_ENDIAN = os.endianness() === 'LE';
+let full: protobuf.Type | undefined;
+let wire: protobuf.Type | undefined;
+
+function types(): { full: protobuf.Type; wire: protobuf.Type } {
+  if (!full || !wire) {
+    const root = protoRoot();
+    full = root.lookupType('funnel.v1.RetrieveRequest');
+    const json = full.toJSON() as { fields: Record<string, { type: string; id: number; rule?: string; keyType?: string }> };
+    json.fields.user_embedding = { type: 'bytes', id: 4 };
+    const ns = root.lookup('funnel.v1') as protobuf.Namespace;
+    wire = (ns.get('RetrieveRequestWire') as protobuf.Type | null) ?? protobuf.Type.fromJSON('RetrieveRequestWire', json);
+    if (!ns.get('RetrieveRequestWire')) ns.add(wire);
+    root.resolveAll();
+  }
+  return { full, wire };
+}
+
+interface WireMessage {
+  request_id: string;
+  user_id: string;
+  attributes: Record<string, { values: string[] }>;
+  user_embedding: Uint8Array;
+  num_results: number;
+  exclude_ad_ids: string[];
+  exclude_advertiser_ids: string[];
+  blocked_categories: string[];
+  pipeline: string;
+  debug: boolean;
+}
+
+function empty(error: string): DecodedRetrieve {
+  return {
+    request_id: '',
+    user_id: '',
+    attributes: {},
+    user_embedding: new Float32Array(0),
+    num_results: 0,
+    exclude_ad_ids: [],
+    exclude_advertiser_ids: [],
+    blocked_categories: [],
+    pipeline: '',
+    debug: false,
+    decodeError: error,
+  };
+}
+
+/** Field 4 occurrences and whether any is unpacked (wire type 5). */
+function scanEmbedding(buf: Uint8Array): { chunks: number; unpacked: boolean } {
+  const r = protobuf.Reader.create(buf);
+  let chunks = 0;
+  let unpacked = false;
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    if (tag >>> 3 === 4) {
+      if ((tag & 7) === 5) unpacked = true;
+      chunks++;
+    }
+    r.skipType(tag & 7);
+  }
+  return { chunks, unpacked };
+}
+
+function plain(m: Omit<WireMessage, 'user_embedding'>, embedding: Float32Array): DecodedRetrieve {
+  const attributes: Record<string, { values: string[] }> = {};
+  for (const [k, v] of Object.entries(m.attributes ?? {})) attributes[k] = { values: v?.values ?? [] };
+  return {
+    request_id: m.request_id ?? '',
+    user_id: m.user_id ?? '',
+    attributes,
+    user_embedding: embedding,
+    num_results: m.num_results ?? 0,
+    exclude_ad_ids: m.exclude_ad_ids ?? [],
+    exclude_advertiser_ids: m.exclude_advertiser_ids ?? [],
+    blocked_categories: m.blocked_categories ?? [],
+    pipeline: m.pipeline ?? '',
+    debug: m.debug ?? false,
+  };
+}
+
+/** Decodes a RetrieveRequest; never throws (a bad message comes back with `decodeError`). */
+export function decodeRetrieveRequest(buf: Uint8Array): DecodedRetrieve {
+  try {
+    const t = types();
+    const scan = scanEmbedding(buf);
+    if (scan.unpacked || scan.chunks > 1 || !LITTLE_ENDIAN) {
+      const m = t.full.decode(buf) as unknown as Omit<WireMessage, 'user_embedding'> & { user_embedding: number[] };
+      return plain(m, Float32Array.from(m.user_embedding ?? []));
+    }
+    const m = t.wire.decode(buf) as unknown as WireMessage;
+    const bytes = m.user_embedding ?? new Uint8Array(0);
+    if (bytes.length % 4 !== 0) return empty('user_embedding: packed floats are not a multiple of 4 bytes');
+    const embedding = new Float32Array(bytes.length / 4);
+    new Uint8Array(embedding.buffer).set(bytes);
+    return plain(m, embedding);
+  } catch (err) {
+    return empty(`malformed RetrieveRequest: ${(err as Error).message}`);
+  }
+}
+
+/** Encodes a RetrieveRequest from plain fields (clients, benchmarks, tests). */
+export function encodeRetrieveRequest(req: Partial<Omit<DecodedRetrieve, 'user_embedding' | 'decodeError'>> & { user_embedding?: ArrayLike<number> }): Buffer {
+  const t = types().full;
+  const msg = t.fromObject({ ...req, user_embedding: req.user_embedding ? Array.from(req.user_embedding) : [] });
+  return Buffer.from(t.encode(msg).finish());
+}

@@ -1,0 +1,351 @@
+/**
+ * The gRPC server: funnel.v1.Retrieval and funnel.v1.Admin, the standard health service
+ * (NOT_SERVING until the data is loaded and while draining) and server reflection. Handlers are
+ * async and answer exactly once; a stage failure is never an RPC error; overload is answered
+ * RESOURCE_EXHAUSTED at once.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import { ReflectionService } from '@grpc/reflection';
+import type { Logger } from 'pino';
+import type { Config } from '../config/schema';
+import { Funnel } from '../pipeline/funnel';
+import type { StageObserver } from '../pipeline/run-stage';
+import { sourceNames } from '../pipeline/types';
+import type { ServingState } from '../serving/state';
+import { decodeRetrieveRequest, type DecodedRetrieve } from './codec';
+import { packageDefinition } from './proto';
+import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateRetrieve, type AdMessage } from './validate';
+
+/** TLS files for both services; `clientCa` turns on mutual TLS (client certificates required). */
+export interface TlsOptions {
+  cert: string;
+  key: string;
+  clientCa?: string;
+}
+
+/** Options of a server. */
+export interface ServerOptions {
+  host: string;
+  port: number;
+  /** Bearer token Admin calls must present; undefined with no mTLS = Admin refuses every call. */
+  adminToken?: string;
+  tls?: TlsOptions;
+  /** Longest a SIGTERM drain waits for in-flight calls before cancelling them. */
+  drainTimeoutMs: number;
+}
+
+/** Hooks for telemetry (issue: tracing and metrics plug in here). */
+export interface ServerHooks {
+  observer?: StageObserver;
+  /** Called once per RPC with its method, status code and duration. */
+  onRpc?(method: string, code: grpc.status, ms: number): void;
+  /** Called per Retrieve with the degraded stages (may be empty). */
+  onRetrieve?(pipeline: string, degradedStages: string[]): void;
+  /** Called when a Retrieve is shed for overload. */
+  onShed?(): void;
+}
+
+/** Names the health service reports. */
+export const HEALTH_SERVICES = ['', 'funnel.v1.Retrieval', 'funnel.v1.Admin'];
+
+type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>) => void;
+
+function toStatus(err: unknown): { code: grpc.status; details: string } {
+  if (err instanceof RpcError) return { code: err.code, details: err.details };
+  return { code: grpc.status.INTERNAL, details: `internal error: ${(err as Error)?.message ?? String(err)}` };
+}
+
+/** Constant-time comparison of a presented token with the configured one. */
+function tokenMatches(presented: string, expected: string): boolean {
+  const a = crypto.createHash('sha256').update(presented).digest();
+  const b = crypto.createHash('sha256').update(expected).digest();
+  return crypto.timingSafeEqual(a, b);
+}
+
+/** The funnel's gRPC server over one serving state. */
+export class FunnelServer {
+  private readonly server: grpc.Server;
+  private readonly health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
+  private funnel_: Funnel | undefined;
+  private state_: ServingState | undefined;
+  private inFlight = 0;
+  private draining = false;
+  private boundPort = 0;
+  private config_: Config;
+
+  constructor(
+    config: Config,
+    private readonly options: ServerOptions,
+    private readonly log: Logger,
+    private readonly hooks: ServerHooks = {},
+  ) {
+    this.config_ = config;
+    this.server = new grpc.Server({
+      'grpc.max_receive_message_length': config.limits.max_message_bytes,
+      'grpc.max_send_message_length': Math.max(config.limits.max_message_bytes, 16 << 20),
+    });
+    const def = packageDefinition();
+    const retrieval = { ...(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
+    // Retrieve's request is decoded by our codec: the embedding is copied once, straight into a Float32Array.
+    retrieval.Retrieve = { ...retrieval.Retrieve, requestDeserialize: (b: Buffer) => decodeRetrieveRequest(b) };
+    this.server.addService(retrieval, { Retrieve: this.unary('Retrieve', (call) => this.retrieve(call)) });
+    const admin = def['funnel.v1.Admin'] as grpc.ServiceDefinition;
+    this.server.addService(admin, {
+      UpsertAds: this.admin('UpsertAds', (req: { ads?: AdMessage[] }) => this.upsertAds(req)),
+      SetAdStatus: this.admin('SetAdStatus', (req: { ad_ids?: string[]; status?: string }) => this.setAdStatus(req)),
+      DeleteAds: this.admin('DeleteAds', (req: { ad_ids?: string[] }) => this.deleteAds(req)),
+      GetAds: this.admin('GetAds', (req: { ad_ids?: string[] }) => this.getAds(req)),
+      ReportSpend: this.admin('ReportSpend', (req: { entries?: { ad_id?: string; spend_micros?: string }[] }) => this.reportSpend(req)),
+      RecordEvents: this.admin('RecordEvents', (req: { events?: EventMessage[] }) => this.recordEvents(req)),
+    });
+    this.health.addToServer(this.server);
+    new ReflectionService(def).addToServer(this.server);
+  }
+
+  /** The config requests start with (swapped atomically by reloads; a request keeps the one it began with). */
+  get config(): Config {
+    return this.config_;
+  }
+  set config(c: Config) {
+    this.funnel_?.prepare(c);
+    this.state_?.configure(c);
+    this.config_ = c;
+  }
+
+  /** Serves `state` from now on and marks the services SERVING. */
+  attach(state: ServingState): void {
+    state.configure(this.config_);
+    const funnel = new Funnel(state, this.hooks.observer);
+    funnel.prepare(this.config_);
+    this.state_ = state;
+    this.funnel_ = funnel;
+    if (!this.draining) for (const s of HEALTH_SERVICES) this.health.setStatus(s, 'SERVING');
+  }
+
+  private get state(): ServingState {
+    if (!this.state_) throw new RpcError(grpc.status.UNAVAILABLE, 'the data is still loading');
+    return this.state_;
+  }
+  private get funnel(): Funnel {
+    if (!this.funnel_) throw new RpcError(grpc.status.UNAVAILABLE, 'the data is still loading');
+    return this.funnel_;
+  }
+
+  /** Retrieve calls in flight. */
+  get inFlightCount(): number {
+    return this.inFlight;
+  }
+
+  /** Binds the port; resolves to the bound port (useful with port 0). */
+  async listen(): Promise<number> {
+    const creds = this.credentials();
+    this.boundPort = await new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(`${this.options.host}:${this.options.port}`, creds, (err, port) => (err ? reject(err) : resolve(port)));
+    });
+    return this.boundPort;
+  }
+
+  /** Health NOT_SERVING, refuse new calls, wait for in-flight ones (up to the drain timeout), then stop. */
+  async drain(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    for (const s of HEALTH_SERVICES) this.health.setStatus(s, 'NOT_SERVING');
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.log.warn({ in_flight: this.inFlight }, 'drain timeout: cancelling the calls still running');
+        this.server.forceShutdown();
+        resolve();
+      }, this.options.drainTimeoutMs);
+      timer.unref();
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** Stops at once (tests). */
+  forceStop(): void {
+    this.server.forceShutdown();
+  }
+
+  private credentials(): grpc.ServerCredentials {
+    const tls = this.options.tls;
+    if (!tls) return grpc.ServerCredentials.createInsecure();
+    const ca = tls.clientCa ? fs.readFileSync(tls.clientCa) : null;
+    return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: fs.readFileSync(tls.cert), private_key: fs.readFileSync(tls.key) }], Boolean(tls.clientCa));
+  }
+
+  private unary<Req, Res>(method: string, fn: (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>): Unary<Req, Res> {
+    return (call, callback) => {
+      const started = process.hrtime.bigint();
+      let answered = false;
+      const answer = (err: { code: grpc.status; details: string } | null, res?: Res) => {
+        if (answered) return;
+        answered = true;
+        this.hooks.onRpc?.(method, err ? err.code : grpc.status.OK, Number(process.hrtime.bigint() - started) / 1e6);
+        if (err) callback(err as grpc.ServiceError);
+        else callback(null, res);
+      };
+      fn(call).then(
+        (res) => answer(null, res),
+        (err) => {
+          const s = toStatus(err);
+          if (s.code === grpc.status.INTERNAL) this.log.error({ method, err: (err as Error)?.stack ?? String(err) }, 'handler failed');
+          answer(s);
+        },
+      );
+    };
+  }
+
+  private admin<Req, Res>(method: string, fn: (req: Req) => Promise<Res> | Res): Unary<Req, Res> {
+    return this.unary(method, async (call) => {
+      this.authorize(call);
+      if (this.draining) throw new RpcError(grpc.status.UNAVAILABLE, 'server is shutting down');
+      return fn(call.request);
+    });
+  }
+
+  private authorize(call: grpc.ServerUnaryCall<unknown, unknown>): void {
+    // Under mutual TLS every connection presented a certificate signed by the client CA.
+    if (this.options.tls?.clientCa) return;
+    const token = this.options.adminToken;
+    if (token === undefined) {
+      throw new RpcError(grpc.status.UNAUTHENTICATED, 'Admin is disabled: the server has no --admin-token-file and no mutual TLS');
+    }
+    const header = call.metadata.get('authorization')[0];
+    const value = typeof header === 'string' ? header : header?.toString('utf8');
+    const m = value ? /^Bearer\s+(.+)$/i.exec(value.trim()) : null;
+    if (!m) throw new RpcError(grpc.status.UNAUTHENTICATED, 'Admin calls need "authorization: Bearer <token>" metadata');
+    if (!tokenMatches(m[1], token)) throw new RpcError(grpc.status.UNAUTHENTICATED, 'the bearer token does not match');
+  }
+
+  private async retrieve(call: grpc.ServerUnaryCall<DecodedRetrieve, unknown>): Promise<unknown> {
+    if (this.draining) throw new RpcError(grpc.status.UNAVAILABLE, 'server is shutting down');
+    const state = this.state;
+    const funnel = this.funnel;
+    const config = this.config_;
+    if (this.inFlight >= config.limits.max_in_flight) {
+      this.hooks.onShed?.();
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `over capacity: ${this.inFlight} requests in flight (limits.max_in_flight)`);
+    }
+    this.inFlight++;
+    const abort = new AbortController();
+    const onCancel = () => abort.abort(new Error('cancelled by the client'));
+    call.on('cancelled', onCancel);
+    try {
+      const query = validateRetrieve(call.request, config, state.dim);
+      const d = call.getDeadline();
+      const deadlineMs = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + config.limits.default_deadline_ms;
+      const result = await funnel.run(query, config.pipelines[query.pipeline], deadlineMs, abort.signal);
+      if (result.deadlineExceeded && config.limits.on_deadline === 'error') {
+        throw new RpcError(grpc.status.DEADLINE_EXCEEDED, `deadline passed (degraded stages: ${result.degradedStages.join(', ') || 'none'})`);
+      }
+      this.hooks.onRetrieve?.(query.pipeline, result.degradedStages);
+      const ads = state.ads;
+      return {
+        // An Admin write may have landed since Filters ran: never answer with a deleted or paused ad.
+        candidates: result.candidates.filter((c) => ads.isActive(c.id)).map((c) => ({
+          ad_id: ads.adId(c.id),
+          advertiser_id: ads.advertiserId(c.id),
+          campaign_id: ads.campaignId(c.id),
+          category: ads.category(c.id),
+          score: c.score,
+          sources: sourceNames(c.sources),
+        })),
+        degraded: result.degradedStages.length > 0,
+        degraded_stages: result.degradedStages,
+        stages: query.debug
+          ? result.reports.map((r) => ({
+              name: r.name,
+              candidates_in: r.candidatesIn,
+              candidates_out: r.candidatesOut,
+              latency_ms: r.latencyMs,
+              status: r.status,
+              detail: Object.entries(r.detail)
+                .map(([k, v]) => `${k}=${v}`)
+                .concat(r.error ? [`error=${r.error}`] : [])
+                .join(' '),
+            }))
+          : [],
+        request_id: query.requestId,
+        pipeline: query.pipeline,
+        data_seq: String(result.seq),
+      };
+    } finally {
+      call.removeListener('cancelled', onCancel);
+      this.inFlight--;
+    }
+  }
+
+  private async upsertAds(req: { ads?: AdMessage[] }) {
+    const rows = validateAds(req.ads, this.config_, this.state.dim);
+    const r = await this.state.upsertAds(rows);
+    return { inserted: r.inserted, updated: r.updated, seq: String(r.seq) };
+  }
+
+  private async setAdStatus(req: { ad_ids?: string[]; status?: string }) {
+    const ids = validateAdIds('ad_ids', req.ad_ids, this.config_);
+    if (req.status !== 'active' && req.status !== 'paused') throw invalid('status', 'must be "active" or "paused"');
+    const r = await this.state.setStatus(ids, req.status);
+    return { updated: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
+  }
+
+  private async deleteAds(req: { ad_ids?: string[] }) {
+    const r = await this.state.deleteAds(validateAdIds('ad_ids', req.ad_ids, this.config_));
+    return { deleted: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
+  }
+
+  private getAds(req: { ad_ids?: string[] }) {
+    const ids = validateAdIds('ad_ids', req.ad_ids, this.config_);
+    return { ads: this.state.getAds(ids).map(({ rec, embedding }) => recordToAd(rec, embedding)) };
+  }
+
+  private async reportSpend(req: { entries?: { ad_id?: string; spend_micros?: string }[] }) {
+    const limits = this.config_.limits;
+    const entries = req.entries ?? [];
+    if (entries.length === 0) throw invalid('entries', 'must not be empty');
+    if (entries.length > limits.max_batch) throw invalid('entries', `has ${entries.length} entries, more than the limit of ${limits.max_batch}`);
+    const checked = entries.map((e, i) => {
+      const adId = e.ad_id ?? '';
+      if (adId.length === 0) throw invalid(`entries[${i}].ad_id`, 'is required');
+      if (adId.length > limits.max_string_bytes) throw invalid(`entries[${i}].ad_id`, `is longer than ${limits.max_string_bytes} characters`);
+      const n = Number(e.spend_micros ?? '0');
+      if (!Number.isSafeInteger(n) || n < 0) throw invalid(`entries[${i}].spend_micros`, 'must be an integer in 0..2^53-1');
+      return { ad_id: adId, spend_micros: n };
+    });
+    const r = await this.state.reportSpend(checked);
+    return { applied: r.count, unknown_ad_ids: r.unknown };
+  }
+
+  private async recordEvents(req: { events?: EventMessage[] }) {
+    const limits = this.config_.limits;
+    const events = req.events ?? [];
+    if (events.length === 0) throw invalid('events', 'must not be empty');
+    if (events.length > limits.max_batch) throw invalid('events', `has ${events.length} events, more than the limit of ${limits.max_batch}`);
+    const now = Date.now();
+    const checked = events.map((e, i) => {
+      const adId = e.ad_id ?? '';
+      if (adId.length === 0) throw invalid(`events[${i}].ad_id`, 'is required');
+      if (adId.length > limits.max_string_bytes) throw invalid(`events[${i}].ad_id`, `is longer than ${limits.max_string_bytes} characters`);
+      if (e.type !== 'IMPRESSION' && e.type !== 'CLICK') throw invalid(`events[${i}].type`, 'must be IMPRESSION or CLICK');
+      const t = Number(e.timestamp_ms ?? '0');
+      if (!Number.isSafeInteger(t) || t < 0) throw invalid(`events[${i}].timestamp_ms`, 'must be epoch milliseconds >= 0');
+      if (t > now + 86_400_000) throw invalid(`events[${i}].timestamp_ms`, 'is more than a day in the future');
+      const attributes = checkAttributes(`events[${i}].attributes`, e.attributes, limits);
+      return { ad_id: adId, type: e.type as 'IMPRESSION' | 'CLICK', timestamp_ms: t === 0 ? now : t, attributes };
+    });
+    const r = await this.state.recordEvents(checked);
+    return { applied: r.count, unknown_ad_ids: r.unknown };
+  }
+}
+
+interface EventMessage {
+  ad_id?: string;
+  type?: string;
+  timestamp_ms?: string;
+  attributes?: Record<string, { values?: string[] }>;
+}
