@@ -7,6 +7,7 @@
 import * as os from 'node:os';
 import * as protobuf from 'protobufjs';
 import { protoRoot } from './proto';
+import { lostProtoKey } from './validate';
 
 /** A decoded Retrieve request: plain fields plus the embedding, or why it could not be read. */
 export interface DecodedRetrieve {
@@ -88,6 +89,7 @@ function scanEmbedding(buf: Uint8Array): { chunks: number; unpacked: boolean } {
 }
 
 function plain(m: Omit<WireMessage, 'user_embedding'>, embedding: Float32Array): DecodedRetrieve {
+  if (lostProtoKey(m.attributes)) return empty('attributes: the attribute name "__proto__" is not allowed');
   const attributes: Record<string, { values: string[] }> = {};
   for (const [k, v] of Object.entries(m.attributes ?? {})) attributes[k] = { values: v?.values ?? [] };
   return {

@@ -16,7 +16,8 @@ import type { StageObserver } from '../pipeline/run-stage';
 import { sourceNames } from '../pipeline/types';
 import type { ServingState } from '../serving/state';
 import { decodeRetrieveRequest, type DecodedRetrieve } from './codec';
-import { packageDefinition } from './proto';
+import { LoopLag } from './loop-lag';
+import { packageDefinition, reflectedDefinition } from './proto';
 import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateRetrieve, type AdMessage } from './validate';
 
 /** TLS files for both services; `clientCa` turns on mutual TLS (client certificates required). */
@@ -72,6 +73,9 @@ export class FunnelServer {
   private funnel_: Funnel | undefined;
   private state_: ServingState | undefined;
   private inFlight = 0;
+  /** Unary calls of both services in flight (the drain waits for these, not for health watches). */
+  private calls = 0;
+  private readonly loopLag = new LoopLag().start();
   private draining = false;
   private boundPort = 0;
   private config_: Config;
@@ -102,7 +106,7 @@ export class FunnelServer {
       RecordEvents: this.admin('RecordEvents', (req: { events?: EventMessage[] }) => this.recordEvents(req)),
     });
     this.health.addToServer(this.server);
-    new ReflectionService(def).addToServer(this.server);
+    new ReflectionService(reflectedDefinition()).addToServer(this.server);
   }
 
   /** The config requests start with (swapped atomically by reloads; a request keeps the one it began with). */
@@ -153,22 +157,41 @@ export class FunnelServer {
     if (this.draining) return;
     this.draining = true;
     for (const s of HEALTH_SERVICES) this.health.setStatus(s, 'NOT_SERVING');
+    const started = Date.now();
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.log.warn({ in_flight: this.inFlight }, 'drain timeout: cancelling the calls still running');
-        this.server.forceShutdown();
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearInterval(poll);
         resolve();
-      }, this.options.drainTimeoutMs);
-      timer.unref();
-      this.server.tryShutdown(() => {
-        clearTimeout(timer);
-        resolve();
-      });
+      };
+      // tryShutdown also waits for open streams (health Watch): once every unary call has
+      // answered (and its answer had 100 ms to be written), the rest are cancelled rather than
+      // waited for until the drain timeout.
+      let idleSince = 0;
+      const poll = setInterval(() => {
+        if (this.calls !== 0) {
+          idleSince = 0;
+        } else if (idleSince === 0) {
+          idleSince = Date.now();
+        } else if (Date.now() - idleSince >= 100) {
+          this.server.forceShutdown();
+          finish();
+        } else if (Date.now() - started >= this.options.drainTimeoutMs) {
+          this.log.warn({ in_flight: this.calls }, 'drain timeout: cancelling the calls still running');
+          this.server.forceShutdown();
+          finish();
+        }
+      }, 10);
+      this.server.tryShutdown(finish);
     });
+    this.loopLag.stop();
   }
 
   /** Stops at once (tests). */
   forceStop(): void {
+    this.loopLag.stop();
     this.server.forceShutdown();
   }
 
@@ -183,9 +206,11 @@ export class FunnelServer {
     return (call, callback) => {
       const started = process.hrtime.bigint();
       let answered = false;
+      this.calls++;
       const answer = (err: { code: grpc.status; details: string } | null, res?: Res) => {
         if (answered) return;
         answered = true;
+        this.calls--;
         this.hooks.onRpc?.(method, err ? err.code : grpc.status.OK, Number(process.hrtime.bigint() - started) / 1e6);
         if (err) callback(err as grpc.ServiceError);
         else callback(null, res);
@@ -232,6 +257,16 @@ export class FunnelServer {
       this.hooks.onShed?.();
       throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `over capacity: ${this.inFlight} requests in flight (limits.max_in_flight)`);
     }
+    const lag = config.limits.shed_event_loop_lag_ms;
+    if (lag > 0 && this.loopLag.lagMs > lag) {
+      this.hooks.onShed?.();
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `over capacity: the event loop runs ${Math.round(this.loopLag.lagMs)} ms late (limits.shed_event_loop_lag_ms)`);
+    }
+    const d0 = call.getDeadline();
+    const deadline0 = d0 instanceof Date ? d0.getTime() : d0;
+    if (Number.isFinite(deadline0) && deadline0 <= Date.now()) {
+      throw new RpcError(grpc.status.DEADLINE_EXCEEDED, 'the deadline had passed before the call was handled');
+    }
     this.inFlight++;
     const abort = new AbortController();
     const onCancel = () => abort.abort(new Error('cancelled by the client'));
@@ -246,9 +281,20 @@ export class FunnelServer {
       }
       this.hooks.onRetrieve?.(query.pipeline, result.degradedStages);
       const ads = state.ads;
+      const now = Date.now();
       return {
-        // An Admin write may have landed since Filters ran: never answer with a deleted or paused ad.
-        candidates: result.candidates.filter((c) => ads.isActive(c.id)).map((c) => ({
+        // An Admin write may have landed since Filters ran: re-check what can change live, and drop
+        // ads set or removed since the eligible set was taken (an id reused, targeting changed).
+        candidates: result.candidates
+          .filter(
+            (c) =>
+              !ads.changedAfter(c.id, result.epoch) &&
+              ads.servable(c.id, now) &&
+              !query.excludeAdIds.has(ads.adId(c.id)) &&
+              !query.excludeAdvertiserIds.has(ads.advertiserId(c.id)) &&
+              !query.blockedCategories.has(ads.category(c.id)),
+          )
+          .map((c) => ({
           ad_id: ads.adId(c.id),
           advertiser_id: ads.advertiserId(c.id),
           campaign_id: ads.campaignId(c.id),

@@ -28,6 +28,16 @@ export function invalid(field: string, reason: string): RpcError {
 
 type Limits = Config['limits'];
 
+/**
+ * Whether a decoded map lost a "__proto__" key: protobufjs assigns map entries, so that name
+ * becomes the object's prototype instead of an entry (and would silently vanish).
+ */
+export function lostProtoKey(map: object | undefined | null): boolean {
+  if (map === undefined || map === null) return false;
+  const proto = Object.getPrototypeOf(map) as unknown;
+  return Object.prototype.hasOwnProperty.call(map, '__proto__') || (proto !== Object.prototype && proto !== null);
+}
+
 function checkString(field: string, v: unknown, limits: Limits, options: { required?: boolean } = {}): string {
   if (v === undefined || v === null) v = '';
   if (typeof v !== 'string') throw invalid(field, 'must be a string');
@@ -47,6 +57,7 @@ function checkList(field: string, v: unknown, max: number, limits: Limits): stri
 /** Attribute map -> plain record, with limits. */
 export function checkAttributes(field: string, v: Record<string, { values?: string[] } | undefined> | undefined, limits: Limits): Record<string, string[]> {
   const out: Record<string, string[]> = Object.create(null) as Record<string, string[]>;
+  if (lostProtoKey(v)) throw invalid(field, 'the attribute name "__proto__" is not allowed');
   const entries = Object.entries(v ?? {});
   if (entries.length > limits.max_attributes) throw invalid(field, `has ${entries.length} attributes, more than the limit of ${limits.max_attributes}`);
   for (const [name, values] of entries) {
@@ -172,6 +183,7 @@ export function validateAds(ads: AdMessage[] | undefined, config: Config, dim: n
     const field = `ads[${i}]`;
     for (const k of ['advertiser_id', 'campaign_id', 'category'] as const) checkString(`${field}.${k}`, ad[k], limits);
     for (const [j, c] of (ad.targeting ?? []).entries()) {
+      if (lostProtoKey(c.attributes)) throw invalid(`${field}.targeting[${j}].attributes`, 'the attribute name "__proto__" is not allowed');
       const attrs = Object.entries(c.attributes ?? {});
       if (attrs.length > limits.max_attributes) throw invalid(`${field}.targeting[${j}].attributes`, `more than ${limits.max_attributes} attributes`);
       for (const [name, p] of attrs) {

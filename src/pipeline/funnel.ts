@@ -24,10 +24,12 @@ export interface FunnelResult {
   degradedStages: string[];
   /** One report per stage, in funnel order (skipped stages included). */
   reports: StageReport[];
-  /** True when the request's deadline had passed by the end. */
+  /** True when the request's deadline had passed by the end, or cut a stage short (its time limit came from the deadline and it ran out). */
   deadlineExceeded: boolean;
   /** Data sequence number at the start of the request. */
   seq: number;
+  /** AdTable epoch of the eligible set (-1 when there is none): ads set or removed after it must not be answered. */
+  epoch: number;
 }
 
 const SOURCE_STAGES = ['Ann', 'Targeting', 'Popularity'] as const;
@@ -77,22 +79,35 @@ export class Funnel {
     const degraded: string[] = [];
     const pending: Promise<void>[] = [];
     const seq = this.state.seq;
-    const left = () => Math.max(0, deadlineMs - Date.now());
+    // Time kept back from the stages for Merge, Filters, ranking and sending the answer, so a
+    // degraded answer reaches the caller before its deadline: 10% of the budget, 2..20 ms.
+    const reserve = Math.min(20, Math.max(2, (deadlineMs - nowMs) * 0.1));
+    const left = () => Math.max(0, deadlineMs - reserve - Date.now());
     let base: ContextBase = { query, pipeline, state: this.state, nowMs, eligible: null };
     const stages = pipeline.stages;
-    const record = <T>(r: RunResult<T>): RunResult<T> => {
+    let deadlineCut = false;
+    // A stage's limit: its own timeout, or what the deadline leaves when that is less.
+    const limitFor = (timeoutMs: number) => {
+      const l = left();
+      if (l < timeoutMs) return { timeoutMs: l, byDeadline: true };
+      return { timeoutMs, byDeadline: false };
+    };
+    const record = <T>(r: RunResult<T>, byDeadline = false): RunResult<T> => {
+      if (byDeadline && r.report.status === 'timeout') deadlineCut = true;
       reports.push(r.report);
       pending.push(r.settled);
       if (!r.ok) degraded.push(r.report.name);
       return r;
     };
     try {
+      const eligLimit = limitFor(stages.Eligibility.timeout_ms);
       const elig = record(
         await runStage<void, EligibleSet>(this.eligibility, base, undefined, {
-          timeoutMs: Math.min(stages.Eligibility.timeout_ms, left()),
+          timeoutMs: eligLimit.timeoutMs,
           fault: stages.Eligibility.fault,
           countIn: this.state.ads.size,
         }, this.observer, signal),
+        eligLimit.byDeadline,
       );
       const eligible = elig.ok ? elig.value : null;
       base = { ...base, eligible };
@@ -102,17 +117,18 @@ export class Funnel {
         if (!cfg.enabled) return { name, report: skippedReport(name, 'disabled') };
         if (!eligible) return { name, report: skippedReport(name, 'no eligible set') };
         if (name === 'Ann' && !query.embedding) return { name, report: skippedReport(name, 'no user_embedding') };
+        const limit = limitFor(cfg.timeout_ms);
         const r = await runStage(this.sources[name], base, undefined, {
-          timeoutMs: Math.min(cfg.timeout_ms, left()),
+          timeoutMs: limit.timeoutMs,
           fault: cfg.fault,
           countIn: eligible.count,
         }, this.observer, signal);
-        return { name, report: r.report, result: r };
+        return { name, report: r.report, result: r, byDeadline: limit.byDeadline };
       });
       const sourced: Candidate[][] = [];
       for (const s of await Promise.all(runs)) {
         if ('result' in s && s.result) {
-          record(s.result);
+          record(s.result, s.byDeadline);
           if (s.result.ok) sourced.push(s.result.value);
         } else {
           reports.push(s.report);
@@ -136,7 +152,7 @@ export class Funnel {
         await runStage(this.diversifier, base, rankedList, { timeoutMs: stages.Diversifier.timeout_ms, fault: stages.Diversifier.fault }, this.observer, signal),
       );
       const candidates = diversified.ok ? diversified.value : rankedList.slice(0, query.numResults);
-      return { candidates, degradedStages: degraded, reports, deadlineExceeded: Date.now() > deadlineMs, seq };
+      return { candidates, degradedStages: degraded, reports, deadlineExceeded: deadlineCut || Date.now() > deadlineMs, seq, epoch: eligible ? eligible.epoch : -1 };
     } finally {
       // Bitsets go back to the pool once no stage (and no native call of a timed-out stage) reads them.
       const bufs = this.buffers.get(query as object);

@@ -39,6 +39,8 @@ export interface RetrieveQuery {
 export interface EligibleSet {
   bits: Uint32Array;
   count: number;
+  /** AdTable epoch taken before the match: ads set or removed after it may not match `bits` any more. */
+  epoch: number;
 }
 
 /** A funnel candidate: an internal ad id with what the stages learned about it. */
@@ -46,7 +48,7 @@ export interface Candidate {
   id: number;
   /** Bit mask of SOURCE_BIT: which sourcing stages produced it. */
   sources: number;
-  /** Similarity to the user embedding from the Ann stage (higher is better), NaN when not computed. */
+  /** Similarity to the user embedding (from the Ann stage, or filled in by the EarlyRanker), higher is better; NaN when not computed. */
   annScore: number;
   /** Rank within its best source (0 = first), for merge order before ranking. */
   sourceRank: number;
@@ -60,6 +62,8 @@ export interface VectorSource {
   readonly metric: Metric;
   /** The stored vector of `id` (normalised for `cos`), or undefined when absent. */
   get(id: number): Float32Array | undefined;
+  /** Optional batch read: copies the vectors of `ids` into `out` (row-major, zeros when absent); returns how many were present. One native call instead of one per id. */
+  gather?(ids: Uint32Array, out: Float32Array): number;
 }
 
 /** Time-decayed engagement, read by the Popularity source and the EarlyRanker. */

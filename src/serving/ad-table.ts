@@ -64,6 +64,10 @@ export class AdTable {
   private readonly byAdvertiser = new Map<number, Set<number>>();
   private readonly byCategory = new Map<number, Set<number>>();
   private live = 0;
+  /** Write epoch: bumped by every set() and remove(). */
+  private epoch_ = 0;
+  /** Epoch of the last set() or remove() of each id. */
+  private changed = new Float64Array(0);
 
   private static link(map: Map<number, Set<number>>, key: number, id: number): void {
     let set = map.get(key);
@@ -100,12 +104,14 @@ export class AdTable {
     this.advertisers = grow(this.advertisers, n, -1);
     this.campaigns = grow(this.campaigns, n, -1);
     this.categories = grow(this.categories, n, -1);
+    this.changed = grow(this.changed, n, 0);
   }
 
   /** Sets (or replaces) the ad at `rec.id`; spend is kept when the ad already existed. */
   set(rec: AdRecord): void {
     const id = rec.id;
     this.ensure(id + 1);
+    this.changed[id] = ++this.epoch_;
     while (this.adIds.length <= id) this.adIds.push(undefined);
     const old = this.adIds[id];
     if (old !== undefined && old !== rec.ad_id) this.byAdId.delete(old);
@@ -134,6 +140,7 @@ export class AdTable {
   /** Removes the ad at `id` (a no-op when absent). */
   remove(id: number): void {
     if (id >= this.adIds.length || !this.present[id]) return;
+    this.changed[id] = ++this.epoch_;
     this.byAdId.delete(this.adIds[id]!);
     AdTable.unlink(this.byAdvertiser, this.advertisers[id], id);
     AdTable.unlink(this.byCategory, this.categories[id], id);
@@ -143,6 +150,19 @@ export class AdTable {
     this.spend[id] = 0;
     this.spendDays[id] = -1;
     this.live--;
+  }
+
+  /** The current write epoch (bumped by every set() and remove()). */
+  get epoch(): number {
+    return this.epoch_;
+  }
+  /**
+   * Whether `id` was set (its targeting, category or advertiser may differ, or the id now
+   * belongs to another ad) or removed after `epoch`. Status and spend changes do not count:
+   * they are re-read live.
+   */
+  changedAfter(id: number, epoch: number): boolean {
+    return id < this.changed.length && this.changed[id] > epoch;
   }
 
   /** Sets the status of `id`. */

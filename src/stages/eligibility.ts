@@ -58,6 +58,9 @@ export class Eligibility implements Stage<void, EligibleSet> {
     const out = this.pool.acquire(words);
     this.onBuffer(ctx, out);
     const attrs: RequestAttributes = ctx.query.attributes;
+    // Taken before the match: an ad set or removed while it runs (an id reused by a new ad,
+    // changed targeting) is later dropped by Filters instead of trusted with a stale bit.
+    const epoch = ads.epoch;
     const m = await targeting.matchAsync(attrs, { within: servable.bits, out });
     let count = m.count;
     const q = ctx.query;
@@ -66,6 +69,6 @@ export class Eligibility implements Stage<void, EligibleSet> {
     for (const cat of q.blockedCategories) for (const id of ads.idsOfCategory(cat)) if (clear(m.bits, id)) count--;
     ctx.note('servable', servable.count);
     ctx.note('matched', m.count);
-    return { bits: m.bits, count };
+    return { bits: m.bits, count, epoch };
   }
 }

@@ -96,6 +96,17 @@ export function parseCatalogLine(line: string, dim?: number): { row: CatalogRow 
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     return { issues: [{ field: '(row)', reason: 'must be a JSON object' }] };
   }
+  // JSON.parse keeps "__proto__" as an own key, but any object rebuilt from it (zod's record
+  // included) turns it into a prototype and drops it, which would widen the ad's targeting.
+  const targeting = (json as { targeting?: unknown }).targeting;
+  if (Array.isArray(targeting)) {
+    for (let i = 0; i < targeting.length; i++) {
+      const c = targeting[i] as object | null;
+      if (c !== null && typeof c === 'object' && Object.prototype.hasOwnProperty.call(c, '__proto__')) {
+        return { issues: [{ field: `targeting[${i}]`, reason: 'the attribute name "__proto__" is not allowed' }] };
+      }
+    }
+  }
   const parsed = catalogRowSchema.safeParse(json);
   if (!parsed.success) {
     return { issues: parsed.error.issues.map((i) => ({ field: formatPath(i.path), reason: i.message })) };

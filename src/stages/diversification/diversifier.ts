@@ -66,10 +66,18 @@ export function mmrOrder(pool: readonly Candidate[], depth: number, picks: numbe
     const s = pool[i].score;
     if (s > maxScore) maxScore = s;
   }
+  // One batch read of the pool's vectors when the source offers it.
+  let packed: Float32Array | null = null;
+  if (vectors.gather) {
+    const ids = new Uint32Array(m);
+    for (let i = 0; i < m; i++) ids[i] = pool[i].id;
+    packed = new Float32Array(m * vectors.dim);
+    vectors.gather(ids, packed);
+  }
   for (let i = 0; i < m; i++) {
     const s = pool[i].score;
     rel[i] = maxScore > 0 && s > 0 ? s / maxScore : 0;
-    const v = vectors.get(pool[i].id);
+    const v = packed !== null ? packed.subarray(i * vectors.dim, (i + 1) * vectors.dim) : vectors.get(pool[i].id);
     let ss = 0;
     if (v !== undefined) for (let j = 0; j < v.length; j++) ss += v[j] * v[j];
     if (v !== undefined && ss > 0 && ss !== Infinity) {

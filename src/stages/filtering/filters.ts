@@ -68,11 +68,13 @@ export class Filters implements Stage<Candidate[], Candidate[]> {
     let ineligible = 0;
     let duplicate = 0;
     let paced = 0;
+    const epoch = eligible.epoch;
     for (let i = 0; i < input.length; i++) {
       const c = input[i];
       const id = c.id;
       if (
         !ads.has(id) ||
+        ads.changedAfter(id, epoch) ||
         id >= limit ||
         ((bits[id >>> 5] >>> (id & 31)) & 1) === 0 ||
         !ads.isActive(id) ||

@@ -171,6 +171,37 @@ function topSorted(items: Candidate[], k: number): Candidate[] {
   return out;
 }
 
+/** Computes annScore for candidates without one with one batch read of their vectors (the per-id path is one native call per candidate). */
+function fillSimilarities(input: Candidate[], query: PreparedQuery, vectors: VectorSource): void {
+  let n = 0;
+  for (let i = 0; i < input.length; i++) if (Number.isNaN(input[i].annScore)) n++;
+  if (n === 0) return;
+  const ids = new Uint32Array(n);
+  const at = new Int32Array(n);
+  for (let i = 0, j = 0; i < input.length; i++) {
+    if (Number.isNaN(input[i].annScore)) {
+      ids[j] = input[i].id;
+      at[j++] = i;
+    }
+  }
+  const dim = vectors.dim;
+  const rows = new Float32Array(n * dim);
+  vectors.gather!(ids, rows);
+  for (let j = 0; j < n; j++) {
+    const c = input[at[j]];
+    // A missing vector (all zeros) is no evidence either way: similarity 0, as in the per-id path.
+    let nonzero = false;
+    const row = rows.subarray(j * dim, (j + 1) * dim);
+    for (let x = 0; x < dim; x++) {
+      if (row[x] !== 0) {
+        nonzero = true;
+        break;
+      }
+    }
+    c.annScore = nonzero ? similarity(query, row) : 0;
+  }
+}
+
 /** Sets each candidate's score to its eCPM and returns the best `keep`, by score descending, ties by id ascending. */
 export class EarlyRanker implements Stage<Candidate[], Candidate[]> {
   readonly name = 'EarlyRanker';
@@ -180,6 +211,7 @@ export class EarlyRanker implements Stage<Candidate[], Candidate[]> {
     const { ads, popularity, vectors } = ctx.state;
     const now = ctx.nowMs;
     const query = prepareQuery(ctx.query.embedding, vectors);
+    if (query !== null && vectors !== null && vectors.gather) fillSimilarities(input, query, vectors);
     const f = emptyFeatures();
     for (let i = 0; i < input.length; i++) {
       const c = input[i];

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import type { FiltersStageConfig } from '../../../src/config/schema';
 import { SOURCE_BIT, type Candidate } from '../../../src/pipeline/types';
 import { dayFractionAt, Filters, pacingAllows, scheduleAt, type PacingConfig } from '../../../src/stages/filtering/filters';
-import { adTable, cand, defaultPipeline, eligibleOf, makeContext, type AdSpec } from '../../fixtures/stage-context';
+import { adRecord, adTable, cand, defaultPipeline, eligibleOf, makeContext, type AdSpec } from '../../fixtures/stage-context';
 
 const DAY = 86_400_000;
 const NOON = 20_000 * DAY + DAY / 2;
@@ -125,8 +125,17 @@ describe('Filters', () => {
 
     it('when the eligible bitset is shorter than the table, then ids past its end are dropped', async () => {
       const ads = adTable([{ id: 3 }, { id: 40 }]);
-      const ctx = makeContext({ ads, eligible: { bits: new Uint32Array([0xffffffff]), count: 32 } });
+      const ctx = makeContext({ ads, eligible: { bits: new Uint32Array([0xffffffff]), count: 32, epoch: ads.epoch } });
       assert.deepEqual(ids(await new Filters().run(ctx, [cand(40, 1), cand(3, 1)])), [3]);
+    });
+
+    it('when an ad was set or removed after the eligible set was taken, then it is dropped (its bit may be stale)', async () => {
+      const ads = adTable([{ id: 0 }, { id: 1 }, { id: 2 }]);
+      const eligible = eligibleOf([0, 1, 2], 3, ads.epoch);
+      ads.set(adRecord({ id: 1, ad_id: 'reused-by-another-ad' }));
+      ads.setActive(2, true);
+      const ctx = makeContext({ ads, eligible });
+      assert.deepEqual(ids(await new Filters().run(ctx, [cand(0, 1), cand(1, 1), cand(2, 1)])), [0, 2]);
     });
 
     it('when pacing is on at noon, then ads spending ahead of schedule are throttled and unlimited ones are not', async () => {
