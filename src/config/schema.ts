@@ -156,7 +156,10 @@ export const pipelineSchema = z
 export const limitsSchema = z
   .object({
     max_message_bytes: int(1024, 256 << 20).default(4 << 20).describe('largest gRPC message received'),
-    max_in_flight: int(1, 1_000_000).default(512).describe('Retrieve calls in flight; past it RESOURCE_EXHAUSTED at once'),
+    max_in_flight: int(1, 1_000_000).default(128).describe('Retrieve calls in flight; past it RESOURCE_EXHAUSTED at once'),
+    shed_event_loop_lag_ms: int(0, 60_000)
+      .default(40)
+      .describe('shed new Retrieve calls (RESOURCE_EXHAUSTED) while the event loop runs this late: calls queued before the handler are invisible to max_in_flight (0 = off)'),
     default_num_results: int(1, 100_000).default(50).describe('num_results when the request sends 0'),
     max_num_results: int(1, 100_000).default(500).describe('largest num_results accepted'),
     max_attributes: int(0, 100_000).default(64).describe('attribute names per request or event'),

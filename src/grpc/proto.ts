@@ -34,6 +34,16 @@ export function packageDefinition(): protoLoader.PackageDefinition {
   return definition;
 }
 
+let withHealth: protoLoader.PackageDefinition | undefined;
+/** The package definition plus grpc.health.v1 (what reflection describes: every service served). */
+export function reflectedDefinition(): protoLoader.PackageDefinition {
+  if (!withHealth) {
+    const healthDir = path.join(path.dirname(require.resolve('grpc-health-check/package.json')), 'proto');
+    withHealth = { ...packageDefinition(), ...protoLoader.loadSync('health/v1/health.proto', { ...LOADER_OPTIONS, includeDirs: [healthDir] }) };
+  }
+  return withHealth;
+}
+
 let root: protobuf.Root | undefined;
 /** The protobufjs root of the contract. */
 export function protoRoot(): protobuf.Root {
