@@ -93,6 +93,8 @@ export interface VectorIndex {
   has(id: number): boolean;
   /** Copy of the stored vector of `id` (normalised for `cos`). */
   getVector(id: number): Float32Array;
+  /** Copies the vectors of `ids` into `out` (row-major, `ids.length * dim` floats, zeros for absent ids); returns how many were present. */
+  gatherVectors(ids: Uint32Array, out: Float32Array): number;
   search(query: Float32Array, k: number, options?: SearchOptions): SearchResult;
   searchAsync(query: Float32Array, k: number, options?: SearchOptions): Promise<SearchResult>;
   searchBatch(queries: Float32Array, k: number, options?: SearchOptions): BatchResult;

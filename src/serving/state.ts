@@ -246,6 +246,7 @@ export class ServingState implements ServingView {
       dim: ann.dim,
       metric: ann.metric,
       get: (id: number) => (ann.has(id) ? ann.getVector(id) : undefined),
+      gather: (ids: Uint32Array, out: Float32Array) => ann.gatherVectors(ids, out),
     };
   }
 

@@ -89,6 +89,23 @@ describe('HnswIndex behaviour', () => {
   });
   after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
+  it('when vectors are gathered by id, then each row equals getVector and absent ids give zeros', () => {
+    for (const metric of ['ip', 'cos', 'l2'] as const) {
+      const ix = new HnswIndex({ dim: 5, metric });
+      const v = new Float32Array(20).map((_, i) => Math.sin(i + 1));
+      ix.addBatch(Uint32Array.of(0, 1, 2, 3), v);
+      ix.remove(2);
+      const ids = Uint32Array.of(3, 2, 0, 99);
+      const out = new Float32Array(ids.length * 5).fill(7);
+      assert.equal(ix.gatherVectors(ids, out), 2);
+      assert.deepEqual(Array.from(out.subarray(0, 5)), Array.from(ix.getVector(3)));
+      assert.deepEqual(Array.from(out.subarray(10, 15)), Array.from(ix.getVector(0)));
+      assert.deepEqual(Array.from(out.subarray(5, 10)), [0, 0, 0, 0, 0]);
+      assert.deepEqual(Array.from(out.subarray(15, 20)), [0, 0, 0, 0, 0]);
+      assert.throws(() => ix.gatherVectors(ids, new Float32Array(19)), { code: 'ERR_INVALID_ARG' });
+    }
+  });
+
   it('when ids are removed, then searches never return them, at any k and plan', () => {
     const ix = build(base, 'l2');
     const removed = randomSubset(n, 0.3, 5);

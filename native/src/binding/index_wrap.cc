@@ -295,6 +295,7 @@ class IndexWrap : public Napi::ObjectWrap<IndexWrap<Kind>> {
         W::InstanceMethod("remove", &W::Remove),
         W::InstanceMethod("has", &W::Has),
         W::InstanceMethod("getVector", &W::GetVector),
+        W::InstanceMethod("gatherVectors", &W::GatherVectors),
         W::InstanceMethod("search", &W::Search),
         W::InstanceMethod("searchAsync", &W::SearchAsync),
         W::InstanceMethod("searchBatch", &W::SearchBatch),
@@ -446,6 +447,33 @@ class IndexWrap : public Napi::ObjectWrap<IndexWrap<Kind>> {
     Napi::Float32Array out = Napi::Float32Array::New(env, h_->dim());
     guard(env, [&] { h_->get_vector(id, out.Data()); });
     return out;
+  }
+
+  // gatherVectors(ids, out): copies the vectors of ids.length ids into `out` (row-major,
+  // ids.length * dim floats); an id not in the index gets a row of zeros. Returns how many were found.
+  Napi::Value GatherVectors(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Uint32Array ids = uint32_arg(env, info[0], "ids");
+    Napi::Float32Array out = float32_arg(env, info[1], "out");
+    const size_t n = ids.ElementLength();
+    const size_t dim = h_->dim();
+    if (out.ElementLength() < n * dim) {
+      throw_code(env, "ERR_INVALID_ARG", "out has " + std::to_string(out.ElementLength()) + " floats, ids.length * dim = " + std::to_string(n * dim) + " are needed");
+    }
+    size_t found = 0;
+    guard(env, [&] {
+      const uint32_t* id = ids.Data();
+      float* o = out.Data();
+      for (size_t i = 0; i < n; ++i, o += dim) {
+        if (h_->has(id[i])) {
+          h_->get_vector(id[i], o);
+          ++found;
+        } else {
+          std::fill(o, o + dim, 0.0f);
+        }
+      }
+    });
+    return Napi::Number::New(env, double(found));
   }
 
   Napi::Value Search(const Napi::CallbackInfo& info) {

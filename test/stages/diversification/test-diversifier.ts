@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import type { DiversifierStageConfig } from '../../../src/config/schema';
 import { SOURCE_BIT, type Candidate } from '../../../src/pipeline/types';
 import { Diversifier, mmrOrder } from '../../../src/stages/diversification/diversifier';
-import { adTable, cand, defaultPipeline, makeContext, MapVectors, type AdSpec } from '../../fixtures/stage-context';
+import { adTable, cand, defaultPipeline, makeContext, GatherVectors, MapVectors, type AdSpec } from '../../fixtures/stage-context';
 
 function pipelineWith(d: Partial<DiversifierStageConfig>) {
   const p = defaultPipeline();
@@ -177,6 +177,8 @@ describe('Diversifier', () => {
         const vectors = new MapVectors(4, 'ip', rows);
         const ctx = makeContext({ ads, vectors, pipeline, query: { numResults: w.numResults } });
         const out = await new Diversifier().run(ctx, input);
+        const batched = await new Diversifier().run(makeContext({ ads, vectors: new GatherVectors(4, 'ip', rows), pipeline, query: { numResults: w.numResults } }), input);
+        assert.deepEqual(idsOf(batched), idsOf(out), 'the batch read (gather) picks exactly what per-id reads pick');
         assert.equal(new Set(idsOf(out)).size, out.length, 'no duplicates');
         const perAdv = new Map<string, number>();
         const perCat = new Map<string, number>();

@@ -10,7 +10,7 @@ import {
   prepareQuery,
   sigmoid,
 } from '../../../src/stages/ranking/early-ranker';
-import { adTable, cand, defaultPipeline, FixedPopularity, makeContext, MapVectors, type AdSpec } from '../../fixtures/stage-context';
+import { adTable, cand, defaultPipeline, FixedPopularity, GatherVectors, makeContext, MapVectors, type AdSpec } from '../../fixtures/stage-context';
 
 const { Ann, Targeting, Popularity } = SOURCE_BIT;
 
@@ -69,6 +69,30 @@ describe('EarlyRanker', () => {
   });
 
   describe('run', () => {
+    it('when the vector source offers a batch read, then one gather gives the same scores as per-id reads, for every metric', () => {
+      fc.assert(
+        fc.property(
+          fc.constantFrom('ip' as const, 'cos' as const, 'l2' as const),
+          fc.array(fc.array(fc.float({ min: -2, max: 2, noNaN: true }), { minLength: 3, maxLength: 3 }), { minLength: 1, maxLength: 20 }),
+          fc.array(fc.float({ min: -2, max: 2, noNaN: true }), { minLength: 3, maxLength: 3 }),
+          (metric, rows, q) => {
+            const specs: AdSpec[] = rows.map((_, id) => ({ id }));
+            const ads = adTable(specs);
+            const entries = rows.map((r, id) => [id, r] as [number, number[]]);
+            const a = rows.map((_, id) => cand(id, Targeting));
+            const b = rows.map((_, id) => cand(id, Targeting));
+            const embedding = Float32Array.from(q);
+            new EarlyRanker().run(makeContext({ ads, vectors: new MapVectors(3, metric, entries), query: { embedding } }), a);
+            const gv = new GatherVectors(3, metric, entries);
+            new EarlyRanker().run(makeContext({ ads, vectors: gv, query: { embedding } }), b);
+            assert.equal(gv.gathers, 1);
+            for (let i = 0; i < a.length; i++) assert.ok(Object.is(a[i].score, b[i].score) || Math.abs(a[i].score - b[i].score) <= 1e-12 * Math.abs(a[i].score));
+          },
+        ),
+        { numRuns: 100 },
+      );
+    });
+
     it('when the inputs are scored, then each score is bid/1e6 x pCTR x 1000 and the rank count is noted', async () => {
       const ads = adTable([{ id: 0, ctr_prior: 0.25, quality: 0.75, bid_micros: 2_000_000 }]);
       const ctx = makeContext({ ads, popularity: new FixedPopularity(new Map([[0, 0.02]])) });
