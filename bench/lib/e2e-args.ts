@@ -1,0 +1,145 @@
+/** Command line of `npm run bench:e2e`, parsed and validated like bench/lib/args.ts does for bench:ann. */
+import { parseArgs } from 'node:util';
+import { positiveInt } from './args';
+
+/** Everything bench:e2e can be told. */
+export interface E2eBenchOptions {
+  /** Generated ads of the cached data directory. */
+  ads: number;
+  dim: number;
+  /** Seed of the catalog; requests use seed + 1. */
+  seed: number;
+  /** Fixed rates of the open-loop phases, requests per second, ascending, distinct. */
+  rates: number[];
+  /** Measured seconds of every phase. */
+  seconds: number;
+  /** Unmeasured seconds before every phase, at that phase's load. */
+  warmupSeconds: number;
+  /** Requests kept outstanding by the closed-loop (maximum throughput) phases, over all generators. */
+  concurrency: number;
+  /** Cap on outstanding requests of the open-loop phases, over all generators. */
+  maxOutstanding: number;
+  /** gRPC channels (separate connections) per load generator process. */
+  channels: number;
+  /** Load generator processes; undefined = chosen from the core count. */
+  procs?: number;
+  /** Distinct pre-serialized Retrieve requests, used round robin. */
+  pool: number;
+  numResults: number;
+  /** Deadline of every call, milliseconds. */
+  timeoutMs: number;
+  /** Existing data directory to serve instead of the generated cache. */
+  data?: string;
+  /** Stage config file passed to `funnel serve --config`. */
+  config?: string;
+  help: boolean;
+}
+
+/** Usage text printed by --help and after a command-line error. */
+export const E2E_USAGE = `usage: npm run bench:e2e -- [options]
+
+Starts \`funnel serve\` on a generated catalog as a child process and drives it over gRPC from a
+separate load generator process: (1) closed-loop maximum throughput of grpc.health.v1.Health/Check,
+(2) the same for Retrieve, (3) Retrieve at fixed rates (open loop; latency measured from each
+request's ideal send time, so a stalled server is not hidden by a waiting client).
+
+data
+  --ads N               generated ads (default 1000000); the data directory is cached under
+                        bench/.cache/e2e-<ads>-d<dim>-s<seed>/ and reused (1M takes minutes to build)
+  --dim D               embedding dimension (default 64)
+  --seed S              catalog seed; requests use S + 1 (default 1)
+  --data DIR            serve this existing data directory instead (--ads is then ignored)
+  --config FILE         stage config for funnel serve (default: built-in)
+requests
+  --pool N              distinct pre-serialized Retrieve requests (default 4096)
+  --num-results N       num_results of every request (default 50)
+  --timeout-ms N        deadline of every call (default 5000)
+load
+  --rates LIST          fixed Retrieve rates, requests/s (default 250,500,1000,1500,2000)
+  --seconds S           measured seconds per phase (default 10)
+  --warmup-seconds S    unmeasured seconds before each phase (default 2; 0 for none)
+  --concurrency N       outstanding requests of the maximum-throughput phases (default 64)
+  --max-outstanding N   cap on outstanding requests at a fixed rate (default 1024, above the server's
+                        default limits.max_in_flight of 512, so that its shedding shows as
+                        RESOURCE_EXHAUSTED; requests the cap holds back past the phase's end are
+                        counted as "unsent")
+  --channels N          gRPC channels (separate TCP connections) per load generator (default 4)
+  --procs N             load generator processes (default: 1 per 4 cores, 1 to 4)
+`;
+
+function positiveNumber(name: string, raw: string | undefined, fallback: number, allowZero = false): number {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (raw.trim() === '' || !Number.isFinite(value) || value < 0 || (!allowZero && value === 0)) {
+    throw new Error(`--${name} must be a ${allowZero ? 'non-negative' : 'positive'} number, got "${raw}"`);
+  }
+  return value;
+}
+
+function rateList(raw: string | undefined, fallback: number[]): number[] {
+  if (raw === undefined) return fallback;
+  const values = raw.split(',').map((part) => positiveNumber('rates', part, 0));
+  return [...new Set(values)].sort((a, b) => a - b);
+}
+
+/** Parses and validates argv (without node and script); throws an Error naming the offending option. */
+export function parseE2eArgs(argv: readonly string[]): E2eBenchOptions {
+  const { values } = parseArgs({
+    args: [...argv],
+    strict: true,
+    allowPositionals: false,
+    options: {
+      ads: { type: 'string' },
+      dim: { type: 'string' },
+      seed: { type: 'string' },
+      data: { type: 'string' },
+      config: { type: 'string' },
+      pool: { type: 'string' },
+      'num-results': { type: 'string' },
+      'timeout-ms': { type: 'string' },
+      rates: { type: 'string' },
+      seconds: { type: 'string' },
+      'warmup-seconds': { type: 'string' },
+      concurrency: { type: 'string' },
+      'max-outstanding': { type: 'string' },
+      channels: { type: 'string' },
+      procs: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  const seedRaw = values.seed ?? '1';
+  if (!/^-?\d+$/.test(seedRaw.trim()) || !Number.isSafeInteger(Number(seedRaw))) {
+    throw new Error(`--seed must be an integer, got "${seedRaw}"`);
+  }
+  const dim = positiveInt('dim', values.dim, 64);
+  if (dim > 4096) throw new Error(`--dim must be at most 4096, got ${dim}`);
+  if (values.data !== undefined && values.data.trim() === '') throw new Error('--data must name a directory');
+  const procs = values.procs === undefined ? undefined : positiveInt('procs', values.procs, 0);
+  const concurrency = positiveInt('concurrency', values.concurrency, 64);
+  if (procs !== undefined && concurrency < procs) {
+    throw new Error(`--concurrency (${concurrency}) must be at least --procs (${procs})`);
+  }
+  return {
+    ads: positiveInt('ads', values.ads, 1_000_000),
+    dim,
+    seed: Number(seedRaw),
+    rates: rateList(values.rates, [250, 500, 1000, 1500, 2000]),
+    seconds: positiveNumber('seconds', values.seconds, 10),
+    warmupSeconds: positiveNumber('warmup-seconds', values['warmup-seconds'], 2, true),
+    concurrency,
+    maxOutstanding: positiveInt('max-outstanding', values['max-outstanding'], 1024),
+    channels: positiveInt('channels', values.channels, 4),
+    procs,
+    pool: positiveInt('pool', values.pool, 4096),
+    numResults: positiveInt('num-results', values['num-results'], 50),
+    timeoutMs: positiveInt('timeout-ms', values['timeout-ms'], 5000),
+    data: values.data,
+    config: values.config,
+    help: values.help === true,
+  };
+}
+
+/** Load generator processes for `cores` logical cores when --procs is not given: one per 4 cores, 1 to 4. */
+export function defaultProcs(cores: number): number {
+  return Math.max(1, Math.min(4, Math.floor(cores / 4)));
+}

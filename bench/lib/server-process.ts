@@ -1,0 +1,140 @@
+/** `funnel serve` as a child process: start it, wait for its "funnel serving on" line, watch its logs, stop it. */
+import { ChildProcess, spawn } from 'node:child_process';
+import * as readline from 'node:readline';
+
+/** What the serving line says: `funnel serving on HOST:PORT (N ads, dim D, seq S; ...)`. */
+export interface ServingBanner {
+  host: string;
+  port: number;
+  ads?: number;
+  dim?: number;
+}
+
+/** Parses the line `funnel serve` prints once it listens; undefined for any other line. */
+export function parseServingBanner(line: string): ServingBanner | undefined {
+  const m = /^funnel serving on (\[[^\]]+\]|[^\s:]+):(\d+)\b(.*)$/.exec(line.trim());
+  if (!m) return undefined;
+  const ads = /\((\d+) ads\b/.exec(m[3]);
+  const dim = /\bdim (\d+)\b/.exec(m[3]);
+  return {
+    host: m[1].replace(/^\[|\]$/g, ''),
+    port: Number(m[2]),
+    ...(ads && { ads: Number(ads[1]) }),
+    ...(dim && { dim: Number(dim[1]) }),
+  };
+}
+
+/** Log levels of pino's JSON lines (`"level":40` = warn, 50 = error, 60 = fatal). */
+const WARN = 40;
+
+/** What is known of the child while it runs: its stderr's last lines, the warnings it logged, how it exited. */
+interface Watch {
+  tail: string[];
+  problems: Map<string, number>;
+  exit?: { code: number | null; signal: NodeJS.Signals | null };
+}
+
+/** A running server child. */
+export class ServerProcess {
+  private readonly exited: Promise<void>;
+
+  private constructor(
+    private readonly child: ChildProcess,
+    private readonly watch: Watch,
+    /** What the server printed when ready. */
+    readonly banner: ServingBanner,
+  ) {
+    this.exited = new Promise((resolve) => {
+      if (watch.exit !== undefined) resolve();
+      else child.once('exit', () => resolve());
+    });
+  }
+
+  /**
+   * Spawns `node mainJs serve <args>` and resolves once it prints its serving line; rejects (after
+   * killing it) when it exits first or `timeoutMs` passes, with the end of its stderr.
+   */
+  static start(mainJs: string, args: readonly string[], timeoutMs: number): Promise<ServerProcess> {
+    const child = spawn(process.execPath, [mainJs, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const watch: Watch = { tail: [], problems: new Map() };
+    child.on('exit', (code, signal) => {
+      watch.exit = { code, signal };
+    });
+    readline.createInterface({ input: child.stderr! }).on('line', (line) => {
+      watch.tail.push(line);
+      if (watch.tail.length > 40) watch.tail.shift();
+      try {
+        const rec = JSON.parse(line) as { level?: number; msg?: string };
+        if (typeof rec.level === 'number' && rec.level >= WARN) {
+          const key = `${rec.level >= 50 ? 'error' : 'warn'}: ${rec.msg ?? line.slice(0, 120)}`;
+          watch.problems.set(key, (watch.problems.get(key) ?? 0) + 1);
+        }
+      } catch {
+        // Not a log record (a plain stderr line): kept in the tail only.
+      }
+    });
+    return new Promise<ServerProcess>((resolve, reject) => {
+      let settled = false;
+      const fail = (why: string): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (watch.exit === undefined) child.kill('SIGKILL');
+        // Give the stderr reader a moment to take the last lines of a crash.
+        setTimeout(() => reject(new Error(`funnel serve ${why}${watch.tail.length ? `; its stderr ended with:\n${watch.tail.join('\n')}` : ''}`)), 100);
+      };
+      const timer = setTimeout(() => fail(`printed no serving line within ${timeoutMs / 1000}s`), timeoutMs);
+      child.once('exit', (code, signal) => fail(`exited (${signal ?? `code ${code}`}) before serving`));
+      child.once('error', (err) => fail(`could not start: ${err.message}`));
+      readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+        if (settled) return;
+        const banner = parseServingBanner(line);
+        if (!banner) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(new ServerProcess(child, watch, banner));
+      });
+    });
+  }
+
+  /** The server's process id. */
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  /** Exit code and signal once it has exited; undefined while it runs. */
+  get exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | undefined {
+    return this.watch.exit;
+  }
+
+  /** Warnings and errors the server has logged, as "level: message" with counts. */
+  get problems(): ReadonlyMap<string, number> {
+    return this.watch.problems;
+  }
+
+  /** The last lines of its stderr. */
+  get stderrTail(): string[] {
+    return [...this.watch.tail];
+  }
+
+  /** SIGTERM (the server drains), then SIGKILL after `graceMs`; resolves with how it exited. */
+  async stop(graceMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; killed: boolean }> {
+    let killed = false;
+    if (this.watch.exit === undefined) {
+      this.child.kill('SIGTERM');
+      const timer = setTimeout(() => {
+        killed = true;
+        this.child.kill('SIGKILL');
+      }, graceMs);
+      await this.exited;
+      clearTimeout(timer);
+    }
+    const e = this.watch.exit ?? { code: this.child.exitCode, signal: this.child.signalCode };
+    return { ...e, killed };
+  }
+
+  /** SIGKILL at once (synchronous: for process exit handlers). */
+  killNow(): void {
+    if (this.watch.exit === undefined) this.child.kill('SIGKILL');
+  }
+}
