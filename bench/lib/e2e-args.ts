@@ -60,7 +60,7 @@ load
   --warmup-seconds S    unmeasured seconds before each phase (default 2; 0 for none)
   --concurrency N       outstanding requests of the maximum-throughput phases (default 64)
   --max-outstanding N   cap on outstanding requests at a fixed rate (default 1024, above the server's
-                        default limits.max_in_flight of 512, so that its shedding shows as
+                        default limits.max_in_flight of 128, so that its shedding shows as
                         RESOURCE_EXHAUSTED; requests the cap holds back past the phase's end are
                         counted as "unsent")
   --channels N          gRPC channels (separate TCP connections) per load generator (default 4)

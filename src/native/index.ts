@@ -169,6 +169,11 @@ export const HnswIndex = addon.HnswIndex;
 /** Exact index: `new FlatIndex({dim, metric})` or `FlatIndex.load(file)`. */
 export const FlatIndex = addon.FlatIndex;
 
+/** Dot products of `query` with each of the `rows.length / query.length` consecutive rows, with the active SIMD kernels. */
+export function dotRows(query: Float32Array, rows: Float32Array): Float32Array {
+  return addon.kernelRows(addon.simdLevel(), 'dot', query, rows);
+}
+
 /** Test and benchmark hooks: one kernel call at a forced instruction set, memory bandwidth. */
 export const internals = {
   /** One f32 kernel (`dot`, `l2sq` = squared L2, `cos` = cosine similarity) at `level`. */

@@ -8,8 +8,9 @@ describe('config load', () => {
   it('when the file is empty, then every default is filled in', () => {
     const c = parseConfigText('');
     assert.deepEqual(c, defaultConfig());
-    assert.equal(c.pipelines.default.stages.Ann.k, 200);
+    assert.equal(c.pipelines.default.stages.Ann.k, 100);
     assert.equal(c.limits.max_num_results, 500);
+    assert.deepEqual(c.experiments, { salt: '', buckets: 100, arms: [] });
   });
 
   it('when a knob has the wrong type, then the error names its path', () => {

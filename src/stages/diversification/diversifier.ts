@@ -4,6 +4,7 @@
  */
 import type { Candidate, Stage, StageContext, VectorSource } from '../../pipeline/types';
 import type { AdTable } from '../../serving/ad-table';
+import { dotRows } from '../../native/index';
 
 /** Keeps candidates (ranked best first) in order while their advertiser has fewer than `maxPerAdvertiser` and their category fewer than `maxPerCategory` kept; returns the survivors. */
 export function applyCaps(
@@ -48,6 +49,49 @@ function siftDown(heap: Int32Array, size: number, value: Float64Array, i: number
   heap[i] = x;
 }
 
+/** Greedy MMR over rows packed in `packed` (m x dim, normalised here; a zero row has similarity 0 to everything). */
+function mmrPacked(pool: readonly Candidate[], m: number, want: number, lambda: number, packed: Float32Array, dim: number): number[] {
+  const rel = new Float64Array(m);
+  let maxScore = 0;
+  for (let i = 0; i < m; i++) if (pool[i].score > maxScore) maxScore = pool[i].score;
+  for (let i = 0; i < m; i++) {
+    const s = pool[i].score;
+    rel[i] = maxScore > 0 && s > 0 ? s / maxScore : 0;
+    let ss = 0;
+    const o = i * dim;
+    for (let j = 0; j < dim; j++) ss += packed[o + j] * packed[o + j];
+    const inv = ss > 0 && ss !== Infinity ? 1 / Math.sqrt(ss) : 0;
+    for (let j = 0; j < dim; j++) packed[o + j] *= inv;
+  }
+  const order: number[] = [];
+  let first = 0;
+  for (let i = 1; i < m; i++) if (lambda * rel[i] > lambda * rel[first]) first = i;
+  order.push(first);
+  const taken = new Uint8Array(m);
+  taken[first] = 1;
+  const maxSim = new Float64Array(m).fill(-Infinity);
+  const penalty = 1 - lambda;
+  const rows = packed.subarray(0, m * dim);
+  while (order.length < want) {
+    const last = order[order.length - 1];
+    const sims = dotRows(packed.subarray(last * dim, (last + 1) * dim), rows);
+    let best = -1;
+    let bestValue = -Infinity;
+    for (let i = 0; i < m; i++) {
+      if (taken[i]) continue;
+      if (sims[i] > maxSim[i]) maxSim[i] = sims[i];
+      const v = lambda * rel[i] - penalty * maxSim[i];
+      if (best < 0 || v > bestValue) {
+        best = i;
+        bestValue = v;
+      }
+    }
+    order.push(best);
+    taken[best] = 1;
+  }
+  return order;
+}
+
 /**
  * MMR order of `pool[0..depth)` (ranked best first), `picks` long at most: each step takes the
  * argmax of lambda * score/maxScore - (1 - lambda) * max cosine to those already taken (ties to
@@ -66,18 +110,19 @@ export function mmrOrder(pool: readonly Candidate[], depth: number, picks: numbe
     const s = pool[i].score;
     if (s > maxScore) maxScore = s;
   }
-  // One batch read of the pool's vectors when the source offers it.
-  let packed: Float32Array | null = null;
+  // One batch read of the pool's vectors when the source offers it; then each pick's
+  // similarities to the whole pool are one SIMD call (exact greedy, no laziness needed).
   if (vectors.gather) {
     const ids = new Uint32Array(m);
     for (let i = 0; i < m; i++) ids[i] = pool[i].id;
-    packed = new Float32Array(m * vectors.dim);
+    const packed = new Float32Array(m * vectors.dim);
     vectors.gather(ids, packed);
+    return mmrPacked(pool, m, want, lambda, packed, vectors.dim);
   }
   for (let i = 0; i < m; i++) {
     const s = pool[i].score;
     rel[i] = maxScore > 0 && s > 0 ? s / maxScore : 0;
-    const v = packed !== null ? packed.subarray(i * vectors.dim, (i + 1) * vectors.dim) : vectors.get(pool[i].id);
+    const v = vectors.get(pool[i].id);
     let ss = 0;
     if (v !== undefined) for (let j = 0; j < v.length; j++) ss += v[j] * v[j];
     if (v !== undefined && ss > 0 && ss !== Infinity) {
