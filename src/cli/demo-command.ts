@@ -17,6 +17,7 @@ export interface DemoCommandOptions {
   ads: number;
   port: number;
   host: string;
+  metricsPort: number;
 }
 
 async function buildDemo(dir: string, ads: number): Promise<number> {
@@ -49,7 +50,7 @@ export async function runDemo(opts: DemoCommandOptions): Promise<number> {
     if (code !== 0) return code;
   }
   return runServe(
-    { data: opts.data, port: opts.port, host: opts.host, drainTimeoutMs: 10_000 },
+    { data: opts.data, port: opts.port, host: opts.host, metricsPort: opts.metricsPort, drainTimeoutMs: 10_000 },
     {
       banner: (r) => {
         const addr = `${r.host}:${r.port}`;

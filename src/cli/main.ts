@@ -9,6 +9,7 @@ import { runStats } from './stats-command';
 import { runServe } from './serve-command';
 import { runRetrieve } from './retrieve-command';
 import { runDemo } from './demo-command';
+import { runConfigPrint, runConfigValidate } from './config-command';
 
 /** Exit codes of the command line. */
 export const EXIT = { ok: 0, badData: 1, usage: 2, dataDir: 3 } as const;
@@ -61,6 +62,7 @@ export function buildProgram(): Command {
     .option('--config <file>', 'YAML stage config (default: built-in defaults)')
     .option('--port <n>', 'gRPC port (0 = any free port)', port, 50051)
     .option('--host <host>', 'address to bind (0.0.0.0 for every interface)', '127.0.0.1')
+    .option('--metrics-port <n>', 'port of the Prometheus /metrics endpoint (0 = off)', port, 9464)
     .option('--admin-token-file <file>', 'file holding the bearer token Admin calls must present (without it, and without mTLS, Admin is refused)')
     .option('--tls-cert <file>', 'server certificate chain (PEM); with --tls-key turns on TLS')
     .option('--tls-key <file>', 'server private key (PEM)')
@@ -88,8 +90,24 @@ export function buildProgram(): Command {
     .option('--ads <n>', 'ads in the generated catalog', positiveInt('--ads', 10_000_000), 100_000)
     .option('--port <n>', 'gRPC port', port, 50051)
     .option('--host <host>', 'address to bind', '127.0.0.1')
+    .option('--metrics-port <n>', 'port of the Prometheus /metrics endpoint (0 = off)', port, 9464)
     .action(async (opts) => {
       process.exitCode = await runDemo(opts);
+    });
+  const config = program.command('config').description('check and show stage configs');
+  config
+    .command('validate')
+    .description('validate a YAML stage config; exit 0 when valid, 1 with every problem on stderr otherwise')
+    .argument('<file>', 'config file')
+    .action(async (file: string) => {
+      process.exitCode = await runConfigValidate(file);
+    });
+  config
+    .command('print')
+    .description('print the effective config (every default filled in) as YAML')
+    .option('--config <file>', 'config file (default: the built-in defaults)')
+    .action(async (opts: { config?: string }) => {
+      process.exitCode = await runConfigPrint(opts.config);
     });
   return program;
 }

@@ -9,6 +9,8 @@ export interface ServeCommandOptions {
   config?: string;
   port: number;
   host: string;
+  /** Prometheus /metrics port; 0 = off. */
+  metricsPort: number;
   adminTokenFile?: string;
   tlsCert?: string;
   tlsKey?: string;
@@ -33,6 +35,7 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
       configFile: opts.config,
       host: opts.host,
       port: opts.port,
+      metricsPort: opts.metricsPort,
       adminTokenFile: opts.adminTokenFile,
       tls: opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey!, clientCa: opts.tlsClientCa } : undefined,
       drainTimeoutMs: opts.drainTimeoutMs,
@@ -45,6 +48,8 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
   const { state } = running;
   process.stdout.write(
     `funnel serving on ${running.host}:${running.port} (${state.ads.size} ads, dim ${state.dim ?? '-'}, seq ${state.seq}; ` +
+      `metrics ${running.metricsPort ? `http://${running.host}:${running.metricsPort}/metrics` : 'off'}; ` +
+      `tracing ${running.tracing.exporters.join('+') || 'off'}; ` +
       `admin ${opts.tlsClientCa ? 'mTLS' : opts.adminTokenFile ? 'bearer token' : 'disabled'}; ${opts.tlsCert ? 'TLS' : 'plaintext'})\n`,
   );
   if (extra.banner) process.stdout.write(extra.banner(running));
@@ -67,5 +72,11 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    const onHup = () => {
+      void running.reloadConfig().then((o) => {
+        if (o.result === 'unchanged') running.log.info({ file: opts.config ?? null }, 'SIGHUP: config unchanged');
+      });
+    };
+    process.on('SIGHUP', onHup);
   });
 }

@@ -32,7 +32,7 @@ export const annStageSchema = z
   .object({
     ...stageBase,
     enabled: z.boolean().default(true).describe('run the stage (it is skipped anyway for requests without user_embedding)'),
-    k: int(1, 10_000).default(200).describe('candidates to source'),
+    k: int(1, 10_000).default(100).describe('candidates to source'),
     ef: int(1, 10_000).default(128).describe('HNSW beam width (raised to k when lower)'),
   })
   .strict();
@@ -42,7 +42,7 @@ export const targetingStageSchema = z
   .object({
     ...stageBase,
     enabled: z.boolean().default(true).describe('run the stage'),
-    k: int(1, 10_000).default(200).describe('candidates to source'),
+    k: int(1, 10_000).default(100).describe('candidates to source'),
     prior: z
       .object({
         bid: z.number().min(0).max(4).default(1).describe('exponent of bid_micros in the prior'),
@@ -60,7 +60,7 @@ export const popularityStageSchema = z
   .object({
     ...stageBase,
     enabled: z.boolean().default(true).describe('run the stage'),
-    k: int(1, 10_000).default(100).describe('candidates to source'),
+    k: int(1, 10_000).default(50).describe('candidates to source'),
     segment_share: z.number().min(0).max(1).default(0.5).describe("share of k taken from the request's segments first; the rest from overall popularity"),
   })
   .strict();
@@ -93,7 +93,7 @@ export const filtersStageSchema = z
 export const earlyRankerStageSchema = z
   .object({
     ...stageBase,
-    keep: int(1, 100_000).default(500).describe('candidates kept after ranking (the depth the diversifier sees)'),
+    keep: int(1, 100_000).default(300).describe('candidates kept after ranking (the depth the diversifier sees)'),
     weights: z
       .object({
         bias: z.number().default(-1.0),
@@ -127,7 +127,7 @@ export const diversifierStageSchema = z
     max_per_advertiser: int(1, 100_000).default(3).describe('at most this many ads of one advertiser'),
     max_per_category: int(1, 100_000).default(10).describe('at most this many ads of one category'),
     mmr_lambda: z.number().min(0).max(1).default(0.7).describe('MMR trade-off: 1 = score only, 0 = diversity only'),
-    mmr_depth: int(0, 100_000).default(200).describe('top candidates MMR re-orders (0 = no MMR)'),
+    mmr_depth: int(0, 100_000).default(150).describe('top candidates MMR re-orders (0 = no MMR)'),
   })
   .strict();
 
@@ -186,6 +186,24 @@ export const popularitySchema = z
   })
   .strict();
 
+/** One experiment arm: users whose bucket is in [from, to] are served by `pipeline`. */
+export const armSchema = z
+  .object({
+    name: z.string().min(1).max(64).regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, _ . -').describe('arm name: a span attribute and a metric label'),
+    pipeline: z.string().min(1).describe('pipeline serving this arm'),
+    buckets: z.tuple([int(0, 99_999), int(0, 99_999)]).describe('[from, to] bucket range, inclusive'),
+  })
+  .strict();
+
+/** Traffic split: bucket = FNV-1a 32 of UTF-8 `salt:user_id`, modulo `buckets`; a request naming a pipeline skips it. */
+export const experimentsSchema = z
+  .object({
+    salt: z.string().default('').describe('changes every user’s bucket when changed (start a new experiment)'),
+    buckets: int(1, 100_000).default(100).describe('number of buckets'),
+    arms: z.array(armSchema).default([]).describe('arms by bucket range; users in no arm get default_pipeline'),
+  })
+  .strict();
+
 /** The whole configuration file. */
 export const configSchema = z
   .object({
@@ -193,6 +211,7 @@ export const configSchema = z
     limits: limitsSchema.default(() => limitsSchema.parse({})),
     popularity: popularitySchema.default(() => popularitySchema.parse({})),
     default_pipeline: z.string().min(1).default('default'),
+    experiments: experimentsSchema.default(() => experimentsSchema.parse({})),
     pipelines: z.record(z.string().min(1), pipelineSchema).default(() => ({ default: pipelineSchema.parse({}) })),
   })
   .strict()
@@ -200,6 +219,22 @@ export const configSchema = z
     if (!Object.prototype.hasOwnProperty.call(c.pipelines, c.default_pipeline)) {
       ctx.addIssue({ code: 'custom', path: ['default_pipeline'], message: `names no pipeline (have: ${Object.keys(c.pipelines).join(', ')})` });
     }
+    const taken: { name: string; from: number; to: number }[] = [];
+    c.experiments.arms.forEach((arm, i) => {
+      const path = ['experiments', 'arms', i];
+      if (!Object.prototype.hasOwnProperty.call(c.pipelines, arm.pipeline)) {
+        ctx.addIssue({ code: 'custom', path: [...path, 'pipeline'], message: `names no pipeline (have: ${Object.keys(c.pipelines).join(', ')})` });
+      }
+      const [from, to] = arm.buckets;
+      if (from > to || to >= c.experiments.buckets) {
+        ctx.addIssue({ code: 'custom', path: [...path, 'buckets'], message: `must be [from, to] with from <= to < experiments.buckets (${c.experiments.buckets})` });
+      }
+      for (const t of taken) {
+        if (t.name === arm.name) ctx.addIssue({ code: 'custom', path: [...path, 'name'], message: `arm "${arm.name}" appears twice` });
+        if (from <= t.to && t.from <= to) ctx.addIssue({ code: 'custom', path: [...path, 'buckets'], message: `overlaps arm "${t.name}"` });
+      }
+      taken.push({ name: arm.name, from, to });
+    });
     if (c.limits.default_num_results > c.limits.max_num_results) {
       ctx.addIssue({ code: 'custom', path: ['limits', 'default_num_results'], message: 'must be <= limits.max_num_results' });
     }
@@ -208,6 +243,7 @@ export const configSchema = z
 /** A validated configuration with every default filled in. */
 export type Config = z.infer<typeof configSchema>;
 export type PipelineConfig = z.infer<typeof pipelineSchema>;
+export type ExperimentsConfig = z.infer<typeof experimentsSchema>;
 export type StagesConfig = z.infer<typeof stagesSchema>;
 export type LimitsConfig = z.infer<typeof limitsSchema>;
 export type PopularityConfig = z.infer<typeof popularitySchema>;
