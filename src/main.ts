@@ -1,13 +1,18 @@
 /**
- * start()/stop() of a serving process: load the config, bind the gRPC port (health answers
- * NOT_SERVING while the data loads), load the data directory, serve; stop() drains.
+ * start()/stop() of a serving process: load the config, set up tracing and metrics, bind the
+ * gRPC port (health answers NOT_SERVING while the data loads), load the data directory, serve,
+ * and watch the config file for changes; stop() drains.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import pino, { type Logger } from 'pino';
-import { defaultConfig, loadConfigFile } from './config/load';
+import { defaultConfig, loadConfigFile, parseConfigText } from './config/load';
 import type { Config } from './config/schema';
+import { ConfigWatcher, type ReloadOutcome } from './config/watch';
 import { FunnelServer, type ServerHooks, type TlsOptions } from './grpc/server';
 import { ServingState } from './serving/state';
+import { Metrics, serveMetrics, type MetricsServer } from './telemetry/metrics';
+import { initTracing, type Tracing, type TracingOptions } from './telemetry/tracing';
 
 /** What start() needs. */
 export interface StartOptions {
@@ -17,11 +22,17 @@ export interface StartOptions {
   config?: Config;
   host?: string;
   port?: number;
+  /** Port of the Prometheus /metrics endpoint; undefined or 0 = off. */
+  metricsPort?: number;
   adminTokenFile?: string;
   tls?: TlsOptions;
   drainTimeoutMs?: number;
   logger?: Logger;
   hooks?: ServerHooks;
+  /** Tracing set-up (default: from the OTEL_* environment). */
+  tracing?: TracingOptions;
+  /** Watch the config file for changes (default true when configFile is given). */
+  watchConfig?: boolean;
 }
 
 /** A running server. */
@@ -30,9 +41,27 @@ export interface Running {
   state: ServingState;
   host: string;
   port: number;
+  /** Bound /metrics port, or null when metrics are off. */
+  metricsPort: number | null;
+  metrics: Metrics;
+  tracing: Tracing;
   log: Logger;
-  /** Drains in-flight calls, checkpoints the ANN index and closes the store. */
+  /** Re-reads the config file now (what SIGHUP does); resolves to what happened. */
+  reloadConfig(): Promise<ReloadOutcome>;
+  /** Drains in-flight calls, checkpoints the ANN index, flushes traces, closes the store. */
   stop(): Promise<void>;
+}
+
+/** The package version (service.version of traces). */
+export function packageVersion(): string {
+  for (const p of [path.resolve(__dirname, '..', '..', 'package.json'), path.resolve(__dirname, '..', 'package.json')]) {
+    try {
+      return (JSON.parse(fs.readFileSync(p, 'utf8')) as { version: string }).version;
+    } catch {
+      /* try the next layout */
+    }
+  }
+  return 'unknown';
 }
 
 /** The default logger: JSON lines on stderr (stdout is kept for the bound address). */
@@ -49,8 +78,17 @@ function readToken(file: string): string {
 /** Starts a server on a data directory. */
 export async function start(options: StartOptions): Promise<Running> {
   const log = options.logger ?? defaultLogger();
-  const config = options.config ?? (options.configFile ? loadConfigFile(options.configFile) : defaultConfig());
+  let configText: string | undefined;
+  let config: Config;
+  if (options.config) config = options.config;
+  else if (options.configFile) {
+    configText = fs.existsSync(options.configFile) ? fs.readFileSync(options.configFile, 'utf8') : undefined;
+    config = configText !== undefined ? parseConfigText(configText, options.configFile) : loadConfigFile(options.configFile);
+  } else config = defaultConfig();
   const host = options.host ?? '127.0.0.1';
+  const tracing = initTracing({ serviceVersion: packageVersion(), ...options.tracing });
+  if (tracing.tracer) log.info({ exporters: tracing.exporters }, 'tracing on');
+  const metrics = new Metrics();
   const server = new FunnelServer(
     config,
     {
@@ -62,28 +100,69 @@ export async function start(options: StartOptions): Promise<Running> {
     },
     log,
     options.hooks,
+    { metrics, tracer: tracing.tracer },
   );
-  const port = await server.listen();
+  metrics.attach({
+    inFlight: () => server.inFlightCount,
+    eventLoopLagMs: () => server.eventLoopLagMs,
+    sizes: () => {
+      const s = server.servingState?.sizes();
+      return s ? { ads: s.ads, servable: s.servable, annVectors: s.annVectors, annBytes: s.annBytes, targeting: s.targeting, targetingBytes: s.targetingBytes } : null;
+    },
+    configVersion: () => server.config.version,
+    dataSeq: () => server.servingState?.seq ?? null,
+  });
+  let metricsServer: MetricsServer | null = null;
+  let port: number;
   let state: ServingState;
   try {
+    if (options.metricsPort) metricsServer = await serveMetrics(metrics, host, options.metricsPort);
+    port = await server.listen();
     state = await ServingState.open(options.dataDir, config, log);
   } catch (err) {
     server.forceStop();
+    await metricsServer?.close();
+    await tracing.shutdown();
     throw err;
   }
   state.startUpkeep();
   server.attach(state);
+  const report = (o: ReloadOutcome) => {
+    if (o.result === 'ok') {
+      metrics.reload('ok');
+      log.info({ file: options.configFile, version: o.config.version }, 'config reloaded');
+    } else if (o.result === 'error') {
+      metrics.reload('error');
+      log.error({ file: options.configFile, issues: o.error.issues }, 'config refused; the previous config keeps serving');
+    }
+  };
+  const watcher = options.configFile
+    ? new ConfigWatcher(options.configFile, configText ?? '', (c) => {
+        server.config = c;
+      }, report)
+    : undefined;
+  if (watcher && options.watchConfig !== false) watcher.start();
   let stopping: Promise<void> | undefined;
   return {
     server,
     state,
     host,
     port,
+    metricsPort: metricsServer?.port ?? null,
+    metrics,
+    tracing,
     log,
+    reloadConfig: () =>
+      watcher
+        ? watcher.reload()
+        : Promise.resolve({ result: 'unchanged' } as ReloadOutcome),
     stop() {
       stopping ??= (async () => {
+        watcher?.stop();
         await server.drain();
         await state.close();
+        await metricsServer?.close();
+        await tracing.shutdown();
       })();
       return stopping;
     },

@@ -10,10 +10,14 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from 'pino';
+import type { Context, Span, Tracer } from '@opentelemetry/api';
+import { route } from '../config/experiments';
+import type { Metrics } from '../telemetry/metrics';
+import { endRpcSpan, stageSpans, startRpcSpan } from '../telemetry/tracing';
 import type { Config } from '../config/schema';
 import { Funnel } from '../pipeline/funnel';
 import type { StageObserver } from '../pipeline/run-stage';
-import { sourceNames } from '../pipeline/types';
+import { sourceNames, type StageReport } from '../pipeline/types';
 import type { ServingState } from '../serving/state';
 import { decodeRetrieveRequest, type DecodedRetrieve } from './codec';
 import { LoopLag } from './loop-lag';
@@ -38,7 +42,13 @@ export interface ServerOptions {
   drainTimeoutMs: number;
 }
 
-/** Hooks for telemetry (issue: tracing and metrics plug in here). */
+/** Telemetry of a server: metrics (prom-client) and a tracer (null = tracing off). */
+export interface ServerTelemetry {
+  metrics?: Metrics;
+  tracer?: Tracer | null;
+}
+
+/** Extra hooks (tests, benchmarks). */
 export interface ServerHooks {
   observer?: StageObserver;
   /** Called once per RPC with its method, status code and duration. */
@@ -85,17 +95,21 @@ export class FunnelServer {
     private readonly options: ServerOptions,
     private readonly log: Logger,
     private readonly hooks: ServerHooks = {},
+    private readonly telemetry: ServerTelemetry = {},
   ) {
     this.config_ = config;
     this.server = new grpc.Server({
       'grpc.max_receive_message_length': config.limits.max_message_bytes,
       'grpc.max_send_message_length': Math.max(config.limits.max_message_bytes, 16 << 20),
+      // Clients re-resolve (and find pods the autoscaler added) when a connection ages out.
+      'grpc.max_connection_age_ms': 300_000,
+      'grpc.max_connection_age_grace_ms': 30_000,
     });
     const def = packageDefinition();
     const retrieval = { ...(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
     // Retrieve's request is decoded by our codec: the embedding is copied once, straight into a Float32Array.
     retrieval.Retrieve = { ...retrieval.Retrieve, requestDeserialize: (b: Buffer) => decodeRetrieveRequest(b) };
-    this.server.addService(retrieval, { Retrieve: this.unary('Retrieve', (call) => this.retrieve(call)) });
+    this.server.addService(retrieval, { Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)) });
     const admin = def['funnel.v1.Admin'] as grpc.ServiceDefinition;
     this.server.addService(admin, {
       UpsertAds: this.admin('UpsertAds', (req: { ads?: AdMessage[] }) => this.upsertAds(req)),
@@ -141,6 +155,16 @@ export class FunnelServer {
   /** Retrieve calls in flight. */
   get inFlightCount(): number {
     return this.inFlight;
+  }
+
+  /** Sustained event-loop lag, ms. */
+  get eventLoopLagMs(): number {
+    return this.loopLag.lagMs;
+  }
+
+  /** The serving state, once attached. */
+  get servingState(): ServingState | undefined {
+    return this.state_;
   }
 
   /** Binds the port; resolves to the bound port (useful with port 0). */
@@ -202,20 +226,26 @@ export class FunnelServer {
     return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: fs.readFileSync(tls.cert), private_key: fs.readFileSync(tls.key) }], Boolean(tls.clientCa));
   }
 
-  private unary<Req, Res>(method: string, fn: (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>): Unary<Req, Res> {
+  private unary<Req, Res>(service: string, method: string, fn: (call: grpc.ServerUnaryCall<Req, Res>, trace: CallTrace) => Promise<Res>): Unary<Req, Res> {
     return (call, callback) => {
       const started = process.hrtime.bigint();
       let answered = false;
       this.calls++;
+      const tracer = this.telemetry.tracer;
+      const t: CallTrace = tracer ? startRpcSpan(tracer, service, method, call.metadata, this.boundPort) : {};
       const answer = (err: { code: grpc.status; details: string } | null, res?: Res) => {
         if (answered) return;
         answered = true;
         this.calls--;
-        this.hooks.onRpc?.(method, err ? err.code : grpc.status.OK, Number(process.hrtime.bigint() - started) / 1e6);
+        const code = err ? err.code : grpc.status.OK;
+        const ms = Number(process.hrtime.bigint() - started) / 1e6;
+        this.hooks.onRpc?.(method, code, ms);
+        this.telemetry.metrics?.rpc(service, method, grpc.status[code] ?? String(code), ms / 1000);
+        if (t.span) endRpcSpan(t.span, code, grpc.status[code] ?? String(code), err?.details);
         if (err) callback(err as grpc.ServiceError);
         else callback(null, res);
       };
-      fn(call).then(
+      fn(call, t).then(
         (res) => answer(null, res),
         (err) => {
           const s = toStatus(err);
@@ -227,7 +257,7 @@ export class FunnelServer {
   }
 
   private admin<Req, Res>(method: string, fn: (req: Req) => Promise<Res> | Res): Unary<Req, Res> {
-    return this.unary(method, async (call) => {
+    return this.unary('funnel.v1.Admin', method, async (call) => {
       this.authorize(call);
       if (this.draining) throw new RpcError(grpc.status.UNAVAILABLE, 'server is shutting down');
       return fn(call.request);
@@ -248,18 +278,20 @@ export class FunnelServer {
     if (!tokenMatches(m[1], token)) throw new RpcError(grpc.status.UNAUTHENTICATED, 'the bearer token does not match');
   }
 
-  private async retrieve(call: grpc.ServerUnaryCall<DecodedRetrieve, unknown>): Promise<unknown> {
+  private async retrieve(call: grpc.ServerUnaryCall<DecodedRetrieve, unknown>, t: CallTrace): Promise<unknown> {
     if (this.draining) throw new RpcError(grpc.status.UNAVAILABLE, 'server is shutting down');
     const state = this.state;
     const funnel = this.funnel;
     const config = this.config_;
     if (this.inFlight >= config.limits.max_in_flight) {
       this.hooks.onShed?.();
+      this.telemetry.metrics?.shedRequest('max_in_flight');
       throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `over capacity: ${this.inFlight} requests in flight (limits.max_in_flight)`);
     }
     const lag = config.limits.shed_event_loop_lag_ms;
     if (lag > 0 && this.loopLag.lagMs > lag) {
       this.hooks.onShed?.();
+      this.telemetry.metrics?.shedRequest('event_loop_lag');
       throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `over capacity: the event loop runs ${Math.round(this.loopLag.lagMs)} ms late (limits.shed_event_loop_lag_ms)`);
     }
     const d0 = call.getDeadline();
@@ -272,10 +304,34 @@ export class FunnelServer {
     const onCancel = () => abort.abort(new Error('cancelled by the client'));
     call.on('cancelled', onCancel);
     try {
-      const query = validateRetrieve(call.request, config, state.dim);
+      const req = call.request;
+      const routed = route(config, typeof req.user_id === 'string' ? req.user_id : '', typeof req.pipeline === 'string' ? req.pipeline : '');
+      const query = validateRetrieve(req, config, state.dim, routed.pipeline);
       const d = call.getDeadline();
       const deadlineMs = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + config.limits.default_deadline_ms;
-      const result = await funnel.run(query, config.pipelines[query.pipeline], deadlineMs, abort.signal);
+      const metrics = this.telemetry.metrics;
+      const recordStage = metrics ? (r: StageReport) => metrics.stage(query.pipeline, r) : undefined;
+      const observer =
+        t.span && t.context && this.telemetry.tracer
+          ? stageSpans(this.telemetry.tracer, t.context, recordStage)
+          : recordStage
+            ? { start: () => recordStage }
+            : undefined;
+      if (t.span) {
+        t.span.setAttributes({
+          'funnel.request_id': query.requestId,
+          'funnel.pipeline': query.pipeline,
+          'funnel.experiment.arm': routed.arm,
+          'funnel.experiment.bucket': routed.bucket,
+          'funnel.num_results': query.numResults,
+        });
+      }
+      const result = await funnel.run(query, config.pipelines[query.pipeline], deadlineMs, abort.signal, observer);
+      metrics?.retrieve(query.pipeline, routed.arm, result.degradedStages);
+      if (t.span) {
+        t.span.setAttributes({ 'funnel.degraded': result.degradedStages.length > 0, 'funnel.data_seq': result.seq });
+        if (result.degradedStages.length > 0) t.span.setAttribute('funnel.degraded_stages', result.degradedStages);
+      }
       if (result.deadlineExceeded && config.limits.on_deadline === 'error') {
         throw new RpcError(grpc.status.DEADLINE_EXCEEDED, `deadline passed (degraded stages: ${result.degradedStages.join(', ') || 'none'})`);
       }
@@ -387,6 +443,12 @@ export class FunnelServer {
     const r = await this.state.recordEvents(checked);
     return { applied: r.count, unknown_ad_ids: r.unknown };
   }
+}
+
+/** The server span of a call and its context (empty when tracing is off). */
+interface CallTrace {
+  span?: Span;
+  context?: Context;
 }
 
 interface EventMessage {

@@ -73,7 +73,7 @@ export class Funnel {
    * Runs one request. `deadlineMs` is an absolute epoch-ms deadline bounding every stage.
    * Never throws for a stage failure; the caller decides what a passed deadline means.
    */
-  async run(query: RetrieveQuery, pipeline: PipelineConfig, deadlineMs: number, signal: AbortSignal): Promise<FunnelResult> {
+  async run(query: RetrieveQuery, pipeline: PipelineConfig, deadlineMs: number, signal: AbortSignal, observer: StageObserver = this.observer): Promise<FunnelResult> {
     const nowMs = Date.now();
     const reports: StageReport[] = [];
     const degraded: string[] = [];
@@ -106,7 +106,7 @@ export class Funnel {
           timeoutMs: eligLimit.timeoutMs,
           fault: stages.Eligibility.fault,
           countIn: this.state.ads.size,
-        }, this.observer, signal),
+        }, observer, signal),
         eligLimit.byDeadline,
       );
       const eligible = elig.ok ? elig.value : null;
@@ -122,7 +122,7 @@ export class Funnel {
           timeoutMs: limit.timeoutMs,
           fault: cfg.fault,
           countIn: eligible.count,
-        }, this.observer, signal);
+        }, observer, signal);
         return { name, report: r.report, result: r, byDeadline: limit.byDeadline };
       });
       const sourced: Candidate[][] = [];
@@ -137,19 +137,19 @@ export class Funnel {
 
       const sourcedCount = sourced.reduce((n, l) => n + l.length, 0);
       const merged = record(
-        await runStage(this.merge, base, sourced, { timeoutMs: Math.max(left(), stages.Filters.timeout_ms), countIn: sourcedCount }, this.observer, signal),
+        await runStage(this.merge, base, sourced, { timeoutMs: Math.max(left(), stages.Filters.timeout_ms), countIn: sourcedCount }, observer, signal),
       );
       // Filters guard the invariant: never skipped for time, and a failure returns nothing.
       const filtered = record(
-        await runStage(this.filters, base, merged.ok ? merged.value : [], { timeoutMs: stages.Filters.timeout_ms, fault: stages.Filters.fault }, this.observer, signal),
+        await runStage(this.filters, base, merged.ok ? merged.value : [], { timeoutMs: stages.Filters.timeout_ms, fault: stages.Filters.fault }, observer, signal),
       );
       const kept = filtered.ok ? filtered.value : [];
       const ranked = record(
-        await runStage(this.ranker, base, kept, { timeoutMs: stages.EarlyRanker.timeout_ms, fault: stages.EarlyRanker.fault }, this.observer, signal),
+        await runStage(this.ranker, base, kept, { timeoutMs: stages.EarlyRanker.timeout_ms, fault: stages.EarlyRanker.fault }, observer, signal),
       );
       const rankedList = ranked.ok ? ranked.value : fallbackRank(this.state, kept, stages.EarlyRanker.keep);
       const diversified = record(
-        await runStage(this.diversifier, base, rankedList, { timeoutMs: stages.Diversifier.timeout_ms, fault: stages.Diversifier.fault }, this.observer, signal),
+        await runStage(this.diversifier, base, rankedList, { timeoutMs: stages.Diversifier.timeout_ms, fault: stages.Diversifier.fault }, observer, signal),
       );
       const candidates = diversified.ok ? diversified.value : rankedList.slice(0, query.numResults);
       return { candidates, degradedStages: degraded, reports, deadlineExceeded: deadlineCut || Date.now() > deadlineMs, seq, epoch: eligible ? eligible.epoch : -1 };

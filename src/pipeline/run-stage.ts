@@ -99,6 +99,7 @@ export async function runStage<In, Out>(
     detail,
   };
   const limit = Math.max(0, options.timeoutMs);
+  report.limitMs = limit;
   let timer: NodeJS.Timeout | undefined;
   const work = (async () => {
     const fault = options.fault;

@@ -112,6 +112,8 @@ export interface StageReport {
   candidatesIn: number;
   candidatesOut: number;
   latencyMs: number;
+  /** The time limit the stage ran under, ms (absent for skipped stages). */
+  limitMs?: number;
   detail: Record<string, string | number | boolean>;
   error?: string;
 }

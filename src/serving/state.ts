@@ -96,6 +96,8 @@ export interface StateSizes {
   annVectors: number;
   annBytes: number;
   targetingBytes: number;
+  /** Ads in the targeting index. */
+  targeting: number;
   popularitySegments: number;
 }
 
@@ -275,6 +277,7 @@ export class ServingState implements ServingView {
       annVectors: this.ann.size,
       annBytes: this.ann.memoryBytes(),
       targetingBytes: this.targeting.memoryBytes(),
+      targeting: this.targeting.size,
       popularitySegments: this.popularity.segmentCount,
     };
   }

@@ -1,0 +1,219 @@
+/**
+ * Prometheus metrics (prom-client): RPCs by method and status, per-stage latency, runs and
+ * candidate counts (rate(out) / rate(runs) per stage draws the funnel), degraded answers and
+ * stages, shed calls, in-flight calls, event-loop lag, index sizes, config version and data
+ * sequence number, plus prom-client's process and Node.js defaults. Served as text on
+ * http://HOST:PORT/metrics.
+ */
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { StageReport } from '../pipeline/types';
+
+/** Every metric this service defines (without histogram suffixes); dashboards and alerts may use only these and the defaults. */
+export const METRIC_NAMES = [
+  'funnel_rpc_requests_total',
+  'funnel_rpc_duration_seconds',
+  'funnel_stage_duration_seconds',
+  'funnel_stage_runs_total',
+  'funnel_stage_candidates_in_total',
+  'funnel_stage_candidates_out_total',
+  'funnel_retrieve_total',
+  'funnel_retrieve_degraded_total',
+  'funnel_degraded_stages_total',
+  'funnel_inflight_requests',
+  'funnel_shed_requests_total',
+  'funnel_event_loop_lag_seconds',
+  'funnel_index_size',
+  'funnel_index_bytes',
+  'funnel_config_info',
+  'funnel_config_reloads_total',
+  'funnel_data_seq',
+] as const;
+
+/** Latency buckets, seconds: sub-millisecond stages up to multi-second outliers. */
+const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+/** What the gauges read at scrape time. */
+export interface MetricsSource {
+  inFlight(): number;
+  eventLoopLagMs(): number;
+  sizes(): { ads: number; servable: number; annVectors: number; annBytes: number; targeting: number; targetingBytes: number } | null;
+  configVersion(): string;
+  dataSeq(): number | null;
+}
+
+/** The service's metrics on their own registry. */
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly rpcRequests: Counter<'service' | 'method' | 'code'>;
+  private readonly rpcDuration: Histogram<'service' | 'method' | 'code'>;
+  private readonly stageDuration: Histogram<'stage' | 'pipeline' | 'status'>;
+  private readonly stageRuns: Counter<'stage' | 'pipeline' | 'status'>;
+  private readonly stageIn: Counter<'stage' | 'pipeline'>;
+  private readonly stageOut: Counter<'stage' | 'pipeline'>;
+  private readonly retrieves: Counter<'pipeline' | 'arm'>;
+  private readonly retrievesDegraded: Counter<'pipeline' | 'arm'>;
+  private readonly degradedStages: Counter<'stage' | 'pipeline'>;
+  private readonly shed: Counter<'reason'>;
+  private readonly reloads: Counter<'result'>;
+  private source: MetricsSource | undefined;
+  private lastVersion: string | undefined;
+
+  constructor() {
+    const r = this.registry;
+    collectDefaultMetrics({ register: r });
+    this.rpcRequests = new Counter({ name: 'funnel_rpc_requests_total', help: 'RPCs answered, by service, method and gRPC status', labelNames: ['service', 'method', 'code'], registers: [r] });
+    this.rpcDuration = new Histogram({ name: 'funnel_rpc_duration_seconds', help: 'RPC handling time, by service, method and gRPC status', labelNames: ['service', 'method', 'code'], buckets: BUCKETS, registers: [r] });
+    this.stageDuration = new Histogram({ name: 'funnel_stage_duration_seconds', help: 'Funnel stage run time, by stage, pipeline and outcome', labelNames: ['stage', 'pipeline', 'status'], buckets: BUCKETS, registers: [r] });
+    this.stageRuns = new Counter({ name: 'funnel_stage_runs_total', help: 'Funnel stage runs, by stage, pipeline and outcome (ok, timeout, error, skipped)', labelNames: ['stage', 'pipeline', 'status'], registers: [r] });
+    this.stageIn = new Counter({ name: 'funnel_stage_candidates_in_total', help: 'Candidates entering each stage', labelNames: ['stage', 'pipeline'], registers: [r] });
+    this.stageOut = new Counter({ name: 'funnel_stage_candidates_out_total', help: 'Candidates leaving each stage', labelNames: ['stage', 'pipeline'], registers: [r] });
+    this.retrieves = new Counter({ name: 'funnel_retrieve_total', help: 'Retrieve answers, by pipeline and experiment arm', labelNames: ['pipeline', 'arm'], registers: [r] });
+    this.retrievesDegraded = new Counter({ name: 'funnel_retrieve_degraded_total', help: 'Retrieve answers with at least one degraded stage', labelNames: ['pipeline', 'arm'], registers: [r] });
+    this.degradedStages = new Counter({ name: 'funnel_degraded_stages_total', help: 'Stages dropped from an answer (failed or timed out)', labelNames: ['stage', 'pipeline'], registers: [r] });
+    this.shed = new Counter({ name: 'funnel_shed_requests_total', help: 'Retrieve calls refused with RESOURCE_EXHAUSTED, by reason', labelNames: ['reason'], registers: [r] });
+    this.reloads = new Counter({ name: 'funnel_config_reloads_total', help: 'Config reloads, by result', labelNames: ['result'], registers: [r] });
+    // Both series exist from the start, so increase() sees the first failure.
+    this.reloads.inc({ result: 'ok' }, 0);
+    this.reloads.inc({ result: 'error' }, 0);
+    const self = this;
+    new Gauge({
+      name: 'funnel_inflight_requests',
+      help: 'Retrieve calls in flight',
+      registers: [r],
+      collect() {
+        this.set(self.source?.inFlight() ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'funnel_event_loop_lag_seconds',
+      help: 'Sustained event-loop lag (the least of the last samples), seconds',
+      registers: [r],
+      collect() {
+        this.set((self.source?.eventLoopLagMs() ?? 0) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'funnel_index_size',
+      help: 'Entries per index: ads, servable ads, ANN vectors, targeting entries',
+      labelNames: ['index'],
+      registers: [r],
+      collect() {
+        const s = self.source?.sizes();
+        if (!s) return;
+        this.set({ index: 'ads' }, s.ads);
+        this.set({ index: 'servable' }, s.servable);
+        this.set({ index: 'ann_vectors' }, s.annVectors);
+        this.set({ index: 'targeting' }, s.targeting);
+      },
+    });
+    new Gauge({
+      name: 'funnel_index_bytes',
+      help: 'Approximate memory of the ANN and targeting indexes, bytes',
+      labelNames: ['index'],
+      registers: [r],
+      collect() {
+        const s = self.source?.sizes();
+        if (!s) return;
+        this.set({ index: 'ann' }, s.annBytes);
+        this.set({ index: 'targeting' }, s.targetingBytes);
+      },
+    });
+    new Gauge({
+      name: 'funnel_config_info',
+      help: 'The config version serving (value 1)',
+      labelNames: ['version'],
+      registers: [r],
+      collect() {
+        const v = self.source?.configVersion();
+        if (v === undefined) return;
+        if (self.lastVersion !== undefined && self.lastVersion !== v) this.remove({ version: self.lastVersion });
+        self.lastVersion = v;
+        this.set({ version: v }, 1);
+      },
+    });
+    new Gauge({
+      name: 'funnel_data_seq',
+      help: 'Change sequence number of the data served',
+      registers: [r],
+      collect() {
+        const s = self.source?.dataSeq();
+        if (s !== null && s !== undefined) this.set(s);
+      },
+    });
+  }
+
+  /** Sets what the gauges read. */
+  attach(source: MetricsSource): void {
+    this.source = source;
+  }
+
+  /** Records one answered RPC. */
+  rpc(service: string, method: string, code: string, seconds: number): void {
+    this.rpcRequests.inc({ service, method, code });
+    this.rpcDuration.observe({ service, method, code }, seconds);
+  }
+
+  /** Records one stage run. */
+  stage(pipeline: string, r: StageReport): void {
+    const labels = { stage: r.name, pipeline };
+    this.stageRuns.inc({ ...labels, status: r.status });
+    if (r.status === 'skipped') return;
+    this.stageDuration.observe({ ...labels, status: r.status }, r.latencyMs / 1000);
+    this.stageIn.inc(labels, r.candidatesIn);
+    this.stageOut.inc(labels, r.candidatesOut);
+  }
+
+  /** Records one Retrieve answer. */
+  retrieve(pipeline: string, arm: string, degradedStages: readonly string[]): void {
+    this.retrieves.inc({ pipeline, arm });
+    if (degradedStages.length === 0) return;
+    this.retrievesDegraded.inc({ pipeline, arm });
+    for (const stage of degradedStages) this.degradedStages.inc({ stage, pipeline });
+  }
+
+  /** Records a shed call. */
+  shedRequest(reason: 'max_in_flight' | 'event_loop_lag'): void {
+    this.shed.inc({ reason });
+  }
+
+  /** Records a config reload. */
+  reload(result: 'ok' | 'error'): void {
+    this.reloads.inc({ result });
+  }
+
+  /** The exposition text. */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}
+
+/** A /metrics HTTP server. */
+export interface MetricsServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Serves `metrics` at http://host:port/metrics (port 0 = any free port). */
+export async function serveMetrics(metrics: Metrics, host: string, port: number): Promise<MetricsServer> {
+  const server = http.createServer((req, res) => {
+    const url = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' || (url !== '/metrics' && url !== '/')) {
+      res.writeHead(url === '/metrics' ? 405 : 404, { 'content-type': 'text/plain' }).end(url === '/metrics' ? 'use GET\n' : 'see /metrics\n');
+      return;
+    }
+    metrics.text().then(
+      (body) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body),
+      (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
