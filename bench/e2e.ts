@@ -9,6 +9,7 @@
  * stderr, results to stdout. The server and the generators are stopped on exit, error or signal.
  */
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -44,7 +45,7 @@ const startedAt = process.hrtime.bigint();
 
 /** One printed and JSON-emitted row. */
 interface E2eRow {
-  phase: 'health-max' | 'retrieve-max' | 'retrieve-rate';
+  phase: 'health-max' | 'retrieve-max' | 'retrieve-rate' | 'traced-max' | 'traced-rate';
   method: string;
   /** Requests per second asked for; null for the closed-loop (maximum throughput) phases. */
   target_qps: number | null;
@@ -117,6 +118,27 @@ const running: { server?: ServerProcess; generators?: LoadGenPool } = {};
 const building = new AbortController();
 
 /** Stops the generators, then the server (SIGTERM, SIGKILL after a grace period); says how the server exited. */
+/** A stand-in OTLP/HTTP trace receiver: accepts every export (200, empty ExportTraceServiceResponse) and counts requests and bytes. */
+async function startOtlpReceiver(): Promise<{ port: number; received(): { requests: number; bytes: number }; close(): Promise<void> }> {
+  let requests = 0;
+  let bytes = 0;
+  const server = http.createServer((req, res) => {
+    req.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    req.on('end', () => {
+      if (req.method === 'POST' && req.url === '/v1/traces') requests++;
+      res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    received: () => ({ requests, bytes }),
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
 async function cleanup(): Promise<string | undefined> {
   const { server, generators } = running;
   running.generators = undefined;
@@ -435,6 +457,43 @@ async function main(argv: string[]): Promise<number> {
   const warm = (await retrieveDecoded(address, [debugRequest(pool), debugRequest(pool), debugRequest(pool)], opts.timeoutMs))[2];
   const serverExit = await cleanup();
 
+  // Tracing comparison: the same server restarted with 100% sampling to an OTLP receiver here.
+  const tracingRate = opts.tracingRate ?? opts.rates[0];
+  let traced: { spans: { requests: number; bytes: number }; exit?: string } | undefined;
+  if (tracingRate !== undefined && tracingRate > 0) {
+    const receiver = await startOtlpReceiver();
+    try {
+      const env = {
+        ...process.env,
+        OTEL_TRACES_EXPORTER: 'otlp',
+        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`,
+        OTEL_TRACES_SAMPLER: 'always_on',
+      };
+      log(`restarting funnel serve with tracing: 100% sampling, OTLP/HTTP to 127.0.0.1:${receiver.port}`);
+      const tServer = await ServerProcess.start(mainJs, serverArgs, SERVER_START_TIMEOUT_MS, env);
+      running.server = tServer;
+      const tAddress = `127.0.0.1:${tServer.banner.port}`;
+      const tGenerators = await LoadGenPool.start(procs, (i) => ({ address: tAddress, channels: opts.channels, requests: pool, timeoutMs: opts.timeoutMs, generator: i }));
+      running.generators = tGenerators;
+      for (const p of [
+        { phase: 'traced-max' as const, rate: undefined },
+        { phase: 'traced-rate' as const, rate: tracingRate },
+      ]) {
+        log(`${p.phase}${p.rate !== undefined ? ` at ${p.rate}/s` : ` (${opts.concurrency} outstanding)`}: ${opts.warmupSeconds}s warm-up + ${opts.seconds}s`);
+        const { row, merged: m } = await runPhase(tGenerators, tServer, opts, p.phase, RETRIEVE_METHOD, p.rate);
+        rows.push(row);
+        merged.push(m);
+        log(`  ${grouped(row.achieved_qps)} QPS, p50 ${fixed(row.p50_ms ?? undefined, 2)} ms, p99 ${fixed(row.p99_ms ?? undefined, 2)} ms, errors ${describeErrors(m)}`);
+        await sleep(PHASE_GAP_MS);
+      }
+      const exit = await cleanup();
+      traced = { spans: receiver.received(), exit };
+    } finally {
+      await receiver.close();
+    }
+  }
+
   printTable(rows, merged);
 
   const health = rows.find((r) => r.phase === 'health-max');
@@ -463,6 +522,19 @@ async function main(argv: string[]): Promise<number> {
     );
   } else {
     console.log(`  Retrieve p99 at ${TARGET_P99_RATE}/s: not measured (${TARGET_P99_RATE} is not in --rates)`);
+  }
+  if (traced) {
+    const offMax = rows.find((r) => r.phase === 'retrieve-max');
+    const onMax = rows.find((r) => r.phase === 'traced-max');
+    const offRate = rows.find((r) => r.phase === 'retrieve-rate' && r.target_qps === tracingRate);
+    const onRate = rows.find((r) => r.phase === 'traced-rate');
+    const cost = offMax && onMax && offMax.achieved_qps > 0 ? 1 - onMax.achieved_qps / offMax.achieved_qps : undefined;
+    console.log(
+      `  Tracing at 100% sampling (OTLP/HTTP to loopback; ${traced.spans.requests} export requests, ${mebibytes(traced.spans.bytes)} MiB received): ` +
+        `max throughput ${grouped(offMax?.achieved_qps)} -> ${grouped(onMax?.achieved_qps)} QPS, cost ${cost === undefined ? '-' : `${fixed(cost * 100, 1)}%`} ` +
+        `(target <= 10%)${cost === undefined ? '' : `: ${verdict(cost <= 0.1)}`}; ` +
+        `p99 at ${tracingRate}/s ${fixed(offRate?.p99_ms ?? undefined, 2)} -> ${fixed(onRate?.p99_ms ?? undefined, 2)} ms`,
+    );
   }
   console.log(
     `Server memory: RSS ${mebibytes(memLoaded.rss)} MiB once loaded, ${mebibytes(memEnd.rss)} MiB at the end, ` +

@@ -19,6 +19,8 @@ export interface E2eBenchOptions {
   concurrency: number;
   /** Cap on outstanding requests of the open-loop phases, over all generators. */
   maxOutstanding: number;
+  /** Fixed rate of the traced comparison (undefined: the lowest of `rates`; 0: no comparison). */
+  tracingRate?: number;
   /** gRPC channels (separate connections) per load generator process. */
   channels: number;
   /** Load generator processes; undefined = chosen from the core count. */
@@ -65,6 +67,11 @@ load
                         counted as "unsent")
   --channels N          gRPC channels (separate TCP connections) per load generator (default 4)
   --procs N             load generator processes (default: 1 per 4 cores, 1 to 4)
+tracing
+  --tracing-rate R      after the phases above, restart the server with 100% sampling exporting
+                        OTLP/HTTP (protobuf) to a receiver in this process on loopback, and repeat
+                        the maximum-throughput phase and the fixed rate R (default: the lowest of
+                        --rates); 0 skips the tracing comparison
 `;
 
 function positiveNumber(name: string, raw: string | undefined, fallback: number, allowZero = false): number {
@@ -104,6 +111,7 @@ export function parseE2eArgs(argv: readonly string[]): E2eBenchOptions {
       'max-outstanding': { type: 'string' },
       channels: { type: 'string' },
       procs: { type: 'string' },
+      'tracing-rate': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -124,6 +132,7 @@ export function parseE2eArgs(argv: readonly string[]): E2eBenchOptions {
     dim,
     seed: Number(seedRaw),
     rates: rateList(values.rates, [250, 500, 1000, 1500, 2000]),
+    tracingRate: values['tracing-rate'] === undefined ? undefined : positiveNumber('tracing-rate', values['tracing-rate'], 0, true),
     seconds: positiveNumber('seconds', values.seconds, 10),
     warmupSeconds: positiveNumber('warmup-seconds', values['warmup-seconds'], 2, true),
     concurrency,

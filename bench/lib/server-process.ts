@@ -54,8 +54,8 @@ export class ServerProcess {
    * Spawns `node mainJs serve <args>` and resolves once it prints its serving line; rejects (after
    * killing it) when it exits first or `timeoutMs` passes, with the end of its stderr.
    */
-  static start(mainJs: string, args: readonly string[], timeoutMs: number): Promise<ServerProcess> {
-    const child = spawn(process.execPath, [mainJs, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  static start(mainJs: string, args: readonly string[], timeoutMs: number, env?: NodeJS.ProcessEnv): Promise<ServerProcess> {
+    const child = spawn(process.execPath, [mainJs, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
     const watch: Watch = { tail: [], problems: new Map() };
     child.on('exit', (code, signal) => {
       watch.exit = { code, signal };
