@@ -311,12 +311,14 @@ export class FunnelServer {
       const deadlineMs = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + config.limits.default_deadline_ms;
       const metrics = this.telemetry.metrics;
       const recordStage = metrics ? (r: StageReport) => metrics.stage(query.pipeline, r) : undefined;
-      const observer =
+      const telemetryObserver =
         t.span && t.context && this.telemetry.tracer
           ? stageSpans(this.telemetry.tracer, t.context, recordStage)
           : recordStage
             ? { start: () => recordStage }
             : undefined;
+      // Passing an observer replaces the funnel's default (hooks.observer): keep both.
+      const observer = telemetryObserver && this.hooks.observer ? bothObservers(this.hooks.observer, telemetryObserver) : telemetryObserver;
       if (t.span) {
         t.span.setAttributes({
           'funnel.request_id': query.requestId,
@@ -443,6 +445,20 @@ export class FunnelServer {
     const r = await this.state.recordEvents(checked);
     return { applied: r.count, unknown_ad_ids: r.unknown };
   }
+}
+
+/** An observer that reports every stage to `a`, then to `b`. */
+function bothObservers(a: StageObserver, b: StageObserver): StageObserver {
+  return {
+    start(name, ctx) {
+      const endA = a.start(name, ctx);
+      const endB = b.start(name, ctx);
+      return (r) => {
+        endA(r);
+        endB(r);
+      };
+    },
+  };
 }
 
 /** The server span of a call and its context (empty when tracing is off). */

@@ -31,7 +31,12 @@ export class TracingConfigError extends Error {
   readonly code = 'ERR_TRACING_CONFIG';
 }
 
-/** Options of initTracing (tests inject exporters and samplers; production reads the environment). */
+/**
+ * Options of initTracing (tests inject exporters and samplers; production reads the environment).
+ * `env` covers the exporter list, protocol, sampler and service name; the OTLP exporters
+ * (endpoint, headers, timeout), the BatchSpanProcessor (OTEL_BSP_*) and OTEL_RESOURCE_ATTRIBUTES
+ * always read process.env.
+ */
 export interface TracingOptions {
   env?: NodeJS.ProcessEnv;
   serviceVersion?: string;
@@ -164,10 +169,17 @@ export function startRpcSpan(tracer: Tracer, service: string, method: string, me
   return { span, context: trace.setSpan(parent, span) };
 }
 
-/** Ends an RPC span with its gRPC status (error status for anything but OK). */
+/**
+ * gRPC codes that make a SERVER span an error (OpenTelemetry RPC conventions): the server's own
+ * failures, not the caller's mistakes or refusals (INVALID_ARGUMENT, UNAUTHENTICATED,
+ * RESOURCE_EXHAUSTED, ... leave the status unset).
+ */
+const SERVER_ERROR_CODES = new Set([2 /* UNKNOWN */, 4 /* DEADLINE_EXCEEDED */, 12 /* UNIMPLEMENTED */, 13 /* INTERNAL */, 14 /* UNAVAILABLE */, 15 /* DATA_LOSS */]);
+
+/** Ends an RPC span with its gRPC status code; the span is an error only for server-side failure codes. */
 export function endRpcSpan(span: Span, code: number, codeName: string, details?: string): void {
   span.setAttribute('rpc.grpc.status_code', code);
-  if (code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: details ? `${codeName}: ${details}` : codeName });
+  if (SERVER_ERROR_CODES.has(code)) span.setStatus({ code: SpanStatusCode.ERROR, message: details ? `${codeName}: ${details}` : codeName });
   span.end();
 }
 
