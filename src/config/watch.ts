@@ -19,6 +19,8 @@ export class ConfigWatcher {
   private timer: NodeJS.Timeout | undefined;
   private lastHash: string;
   private running: Promise<ReloadOutcome> | undefined;
+  /** The refusal of the current text, when it was refused (an explicit reload reports it again). */
+  private lastError: ConfigError | undefined;
 
   /**
    * `initialText` is the text the current config came from (so a touch without a change is not
@@ -54,23 +56,27 @@ export class ConfigWatcher {
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      void this.reload();
+      void this.run(false);
     }, this.debounceMs);
     this.timer.unref();
   }
 
-  /** Re-reads the file now; a valid changed config is applied. Never throws. */
+  /** Re-reads the file now (SIGHUP); a valid changed config is applied; an unchanged refused file is reported again. Never throws. */
   reload(): Promise<ReloadOutcome> {
+    return this.run(true);
+  }
+
+  private run(explicit: boolean): Promise<ReloadOutcome> {
     // One reload at a time; a request during one gets its outcome.
     this.running ??= Promise.resolve()
-      .then(() => this.readAndApply())
+      .then(() => this.readAndApply(explicit))
       .finally(() => {
         this.running = undefined;
       });
     return this.running;
   }
 
-  private readAndApply(): ReloadOutcome {
+  private readAndApply(explicit: boolean): ReloadOutcome {
     let text: string;
     try {
       text = fs.readFileSync(this.file, 'utf8');
@@ -80,7 +86,14 @@ export class ConfigWatcher {
       return outcome;
     }
     const h = hash(text);
-    if (h === this.lastHash) return { result: 'unchanged' };
+    if (h === this.lastHash) {
+      if (explicit && this.lastError) {
+        const outcome: ReloadOutcome = { result: 'error', error: this.lastError };
+        this.report(outcome);
+        return outcome;
+      }
+      return { result: 'unchanged' };
+    }
     let config: Config;
     try {
       config = parseConfigText(text, this.file);
@@ -88,11 +101,13 @@ export class ConfigWatcher {
       const error = err instanceof ConfigError ? err : new ConfigError(this.file, [(err as Error).message]);
       // The bad text is remembered so the same bad file is not reported on every event.
       this.lastHash = h;
+      this.lastError = error;
       const outcome: ReloadOutcome = { result: 'error', error };
       this.report(outcome);
       return outcome;
     }
     this.lastHash = h;
+    this.lastError = undefined;
     this.apply(config);
     const outcome: ReloadOutcome = { result: 'ok', config };
     this.report(outcome);

@@ -128,6 +128,12 @@ export class FunnelServer {
     return this.config_;
   }
   set config(c: Config) {
+    if (c.limits.max_message_bytes !== this.config_.limits.max_message_bytes) {
+      this.log.warn(
+        { was: this.config_.limits.max_message_bytes, now: c.limits.max_message_bytes },
+        'limits.max_message_bytes is a gRPC server option: the new value applies after a restart',
+      );
+    }
     this.funnel_?.prepare(c);
     this.state_?.configure(c);
     this.config_ = c;
@@ -329,7 +335,6 @@ export class FunnelServer {
         });
       }
       const result = await funnel.run(query, config.pipelines[query.pipeline], deadlineMs, abort.signal, observer);
-      metrics?.retrieve(query.pipeline, routed.arm, result.degradedStages);
       if (t.span) {
         t.span.setAttributes({ 'funnel.degraded': result.degradedStages.length > 0, 'funnel.data_seq': result.seq });
         if (result.degradedStages.length > 0) t.span.setAttribute('funnel.degraded_stages', result.degradedStages);
@@ -337,6 +342,7 @@ export class FunnelServer {
       if (result.deadlineExceeded && config.limits.on_deadline === 'error') {
         throw new RpcError(grpc.status.DEADLINE_EXCEEDED, `deadline passed (degraded stages: ${result.degradedStages.join(', ') || 'none'})`);
       }
+      metrics?.retrieve(query.pipeline, routed.arm, result.degradedStages);
       this.hooks.onRetrieve?.(query.pipeline, result.degradedStages);
       const ads = state.ads;
       const now = Date.now();

@@ -102,6 +102,8 @@ function otlpExporter(env: NodeJS.ProcessEnv): { exporter: SpanExporter; label: 
 /** Sets tracing up from the environment (or the injected processors). */
 export function initTracing(options: TracingOptions = {}): Tracing {
   const env = options.env ?? process.env;
+  // Checked first, so a bad sampler never leaves exporters behind.
+  const sampler = options.sampler ?? samplerFromEnv(env);
   let processors = options.processors;
   const labels: string[] = [];
   if (!processors) {
@@ -132,7 +134,7 @@ export function initTracing(options: TracingOptions = {}): Tracing {
     'service.name': env.OTEL_SERVICE_NAME ?? 'funnel',
     'service.version': options.serviceVersion ?? 'unknown',
   }).merge(detected);
-  const provider = new NodeTracerProvider({ resource, sampler: options.sampler ?? samplerFromEnv(env), spanProcessors: processors });
+  const provider = new NodeTracerProvider({ resource, sampler, spanProcessors: processors });
   return {
     tracer: provider.getTracer('funnel', options.serviceVersion),
     exporters: labels,

@@ -151,6 +151,9 @@ describe('config hot reload', () => {
       fs.writeFileSync(file, 'limits: {max_in_flight: 0}\n');
       const bad = await watcher.reload();
       assert.ok(bad.result === 'error' && bad.error.issues.some((i) => i.startsWith('limits.max_in_flight: ')), JSON.stringify(bad));
+      // SIGHUP on the same refused file says it is still refused (not "unchanged").
+      const again = await watcher.reload();
+      assert.ok(again.result === 'error' && again.error === bad.error, JSON.stringify(again));
       assert.deepEqual(applied.map((c) => c.version), ['v2']);
     });
 
