@@ -18,8 +18,8 @@ import { readFvecs, readIvecs } from './lib/fvecs';
 import { BuildReport, GraphParams, HnswlibSubject, UsearchSubject } from './lib/peers';
 import { IdRows, recallAtK } from './lib/recall';
 import { qpsAtRecall, SweepPoint } from './lib/summary';
-import { Column, fixed, formatTable, grouped, mebibytes } from './lib/table';
-import { collectGarbage, measureSearcher, QuerySearcher, SearchMeasurement, timePasses } from './lib/timing';
+import { Column, fixed, formatTable, grouped, mebibytes, round } from './lib/table';
+import { collectGarbage, measureSearcher, progressLog, QuerySearcher, SearchMeasurement, timePasses } from './lib/timing';
 
 /** Recall target of the summary. */
 const TARGET_RECALL = 0.95;
@@ -34,7 +34,7 @@ const BANDWIDTH_MIN_BYTES = 512 * 1024 * 1024;
 const BANDWIDTH_REPS = 5;
 
 const repoRoot = path.resolve(__dirname, '..', '..');
-const startedAt = process.hrtime.bigint();
+const log = progressLog();
 
 /** The vectors of one run. */
 interface Dataset {
@@ -70,15 +70,6 @@ interface SweepRow {
   qps: number;
 }
 
-function log(message: string): void {
-  const s = Number(process.hrtime.bigint() - startedAt) / 1e9;
-  process.stderr.write(`[${s.toFixed(1).padStart(7)}s] ${message}\n`);
-}
-
-function round(value: number, digits: number): number {
-  const f = 10 ** digits;
-  return Math.round(value * f) / f;
-}
 
 function percent(fraction: number): string {
   return `${+(fraction * 100).toPrecision(3)}%`;

@@ -24,7 +24,8 @@ import { LoadGenPool, MergedResult, mergeResults } from './lib/loadgen-pool';
 import { processCpuSeconds, processMemory } from './lib/proc';
 import { splitEven } from './lib/schedule';
 import { ServerProcess } from './lib/server-process';
-import { fixed, formatTable, grouped, mebibytes } from './lib/table';
+import { fixed, formatTable, grouped, mebibytes, round } from './lib/table';
+import { progressLog } from './lib/timing';
 
 /** Issue targets: Retrieve's maximum throughput over Health's, and p99 at 1000/s. */
 const TARGET_THROUGHPUT_RATIO = 0.5;
@@ -41,7 +42,7 @@ const PHASE_GAP_MS = 500;
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const mainJs = path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
-const startedAt = process.hrtime.bigint();
+const log = progressLog();
 
 /** One printed and JSON-emitted row. */
 interface E2eRow {
@@ -77,15 +78,6 @@ interface E2eRow {
   first_error?: string;
 }
 
-function log(message: string): void {
-  const s = Number(process.hrtime.bigint() - startedAt) / 1e9;
-  process.stderr.write(`[${s.toFixed(1).padStart(7)}s] ${message}\n`);
-}
-
-function round(value: number, digits: number): number {
-  const f = 10 ** digits;
-  return Math.round(value * f) / f;
-}
 
 function ms(us: number): number | null {
   return Number.isFinite(us) ? round(us / 1000, 3) : null;

@@ -214,23 +214,11 @@ export class LoadGenerator {
   }
 
   private async runClosed(spec: PhaseSpec, onMark: (what: 'window-start' | 'window-end') => void): Promise<PhaseResult> {
-    const start = performance.now() + (spec.startAtEpochMs - Date.now());
-    const windowStart = start + spec.warmupSeconds * 1000;
-    const windowEnd = windowStart + spec.seconds * 1000;
+    const w = await PhaseWindow.open(spec, onMark);
+    const { windowStart, windowEnd } = w;
     const tally = new Tally();
     const inspect = spec.method === RETRIEVE_METHOD;
-    let cpuAtStart = process.cpuUsage();
-    let cpuSeconds = 0;
-    await sleepUntilPerf(start);
-    const markStart = setTimeout(() => {
-      cpuAtStart = process.cpuUsage();
-      if (spec.reportMarks) onMark('window-start');
-    }, windowStart - performance.now());
-    const markEnd = setTimeout(() => {
-      const u = process.cpuUsage(cpuAtStart);
-      cpuSeconds = (u.user + u.system) / 1e6;
-      if (spec.reportMarks) onMark('window-end');
-    }, windowEnd - performance.now());
+    const markEnd = setTimeout(() => w.end(), windowEnd - performance.now());
     await new Promise<void>((resolve) => {
       let outstanding = 0;
       const issue = (): void => {
@@ -258,26 +246,18 @@ export class LoadGenerator {
     });
     // The end mark's timer may not have fired if the last answer came back just before it.
     await sleepUntilPerf(windowEnd + 1);
-    clearTimeout(markStart);
+    w.close();
     clearTimeout(markEnd);
-    return tally.result(spec.seconds, cpuSeconds);
+    return tally.result(spec.seconds, w.cpuSeconds);
   }
 
   private async runOpen(spec: PhaseSpec, onMark: (what: 'window-start' | 'window-end') => void): Promise<PhaseResult> {
     if (spec.rate === undefined) throw new Error('an open-loop phase needs a rate');
     const plan = openLoopPlan(spec.rate, spec.warmupSeconds, spec.seconds, spec.part, spec.parts);
-    const start = performance.now() + (spec.startAtEpochMs - Date.now());
-    const windowStart = start + spec.warmupSeconds * 1000;
-    const windowEnd = windowStart + spec.seconds * 1000;
+    const w = await PhaseWindow.open(spec, onMark);
+    const { start, windowEnd } = w;
     const tally = new Tally();
     const inspect = spec.method === RETRIEVE_METHOD;
-    let cpuAtStart = process.cpuUsage();
-    let cpuSeconds = 0;
-    await sleepUntilPerf(start);
-    const markStart = setTimeout(() => {
-      cpuAtStart = process.cpuUsage();
-      if (spec.reportMarks) onMark('window-start');
-    }, windowStart - performance.now());
     await new Promise<void>((resolve) => {
       let next = 0;
       let outstanding = 0;
@@ -313,9 +293,7 @@ export class LoadGenerator {
         while (next < due && outstanding < spec.concurrency) send(next++);
         closed = true;
         if (timer !== undefined) clearTimeout(timer);
-        const u = process.cpuUsage(cpuAtStart);
-        cpuSeconds = (u.user + u.system) / 1e6;
-        if (spec.reportMarks) onMark('window-end');
+        w.end();
         tally.unsent = Math.max(0, plan.total - Math.max(next, plan.firstMeasured));
         if (outstanding === 0) resolve();
       };
@@ -339,8 +317,53 @@ export class LoadGenerator {
       };
       tick();
     });
-    clearTimeout(markStart);
-    return tally.result(spec.seconds, cpuSeconds);
+    w.close();
+    return tally.result(spec.seconds, w.cpuSeconds);
+  }
+}
+
+/**
+ * A phase's timeline in performance.now() milliseconds (start, then the measured window after
+ * the warm-up) and the generator's CPU seconds inside the window; reports the window's start
+ * and end marks when the spec asks for them.
+ */
+class PhaseWindow {
+  private cpuAtStart = process.cpuUsage();
+  private markStart: NodeJS.Timeout | undefined;
+  /** CPU the generator used from the window's start to end() (0 before end()). */
+  cpuSeconds = 0;
+
+  private constructor(
+    readonly start: number,
+    readonly windowStart: number,
+    readonly windowEnd: number,
+    private readonly spec: PhaseSpec,
+    private readonly onMark: (what: 'window-start' | 'window-end') => void,
+  ) {}
+
+  /** Waits until the phase starts, then arms the window-start mark. */
+  static async open(spec: PhaseSpec, onMark: (what: 'window-start' | 'window-end') => void): Promise<PhaseWindow> {
+    const start = performance.now() + (spec.startAtEpochMs - Date.now());
+    const windowStart = start + spec.warmupSeconds * 1000;
+    const w = new PhaseWindow(start, windowStart, windowStart + spec.seconds * 1000, spec, onMark);
+    await sleepUntilPerf(start);
+    w.markStart = setTimeout(() => {
+      w.cpuAtStart = process.cpuUsage();
+      if (spec.reportMarks) onMark('window-start');
+    }, windowStart - performance.now());
+    return w;
+  }
+
+  /** The window's end: takes the CPU reading and reports the end mark. */
+  end(): void {
+    const u = process.cpuUsage(this.cpuAtStart);
+    this.cpuSeconds = (u.user + u.system) / 1e6;
+    if (this.spec.reportMarks) this.onMark('window-end');
+  }
+
+  /** Drops a start mark that has not fired. */
+  close(): void {
+    clearTimeout(this.markStart);
   }
 }
 

@@ -38,3 +38,9 @@ export function grouped(value: number | undefined): string {
 export function mebibytes(bytes: number | undefined): string {
   return bytes === undefined || Number.isNaN(bytes) ? '-' : (bytes / (1 << 20)).toFixed(1);
 }
+
+/** `value` rounded to `digits` decimals (for JSON rows). */
+export function round(value: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
+}

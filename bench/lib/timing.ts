@@ -74,3 +74,12 @@ export function measureSearcher<R>(
   );
   return { ...throughput, found: { rows: queries, cols: k, data } };
 }
+
+/** A progress logger: each line on stderr, stamped with the seconds since the logger was made. */
+export function progressLog(): (message: string) => void {
+  const startedAt = process.hrtime.bigint();
+  return (message) => {
+    const s = Number(process.hrtime.bigint() - startedAt) / 1e9;
+    process.stderr.write(`[${s.toFixed(1).padStart(7)}s] ${message}\n`);
+  };
+}
