@@ -2,6 +2,16 @@
 import { stringify } from 'yaml';
 import { ConfigError, defaultConfig, loadConfigFile } from '../config/load';
 
+/** Prints a config problem and returns the exit code: 1 with every `file: path: reason` for a bad config, 3 otherwise. */
+function reportFailure(command: string, file: string | undefined, err: unknown): number {
+  if (err instanceof ConfigError) {
+    for (const issue of err.issues) process.stderr.write(`${file}: ${issue}\n`);
+    return 1;
+  }
+  process.stderr.write(`funnel config ${command}: ${(err as Error).message}\n`);
+  return 3;
+}
+
 /** Validates a config file: exit 0 and a summary, or 1 and every problem (`path: reason`). */
 export async function runConfigValidate(file: string): Promise<number> {
   try {
@@ -13,12 +23,7 @@ export async function runConfigValidate(file: string): Promise<number> {
     );
     return 0;
   } catch (err) {
-    if (err instanceof ConfigError) {
-      for (const issue of err.issues) process.stderr.write(`${file}: ${issue}\n`);
-      return 1;
-    }
-    process.stderr.write(`funnel config validate: ${(err as Error).message}\n`);
-    return 3;
+    return reportFailure('validate', file, err);
   }
 }
 
@@ -29,11 +34,6 @@ export async function runConfigPrint(file: string | undefined): Promise<number> 
     process.stdout.write(stringify(c, { lineWidth: 0 }));
     return 0;
   } catch (err) {
-    if (err instanceof ConfigError) {
-      for (const issue of err.issues) process.stderr.write(`${file}: ${issue}\n`);
-      return 1;
-    }
-    process.stderr.write(`funnel config print: ${(err as Error).message}\n`);
-    return 3;
+    return reportFailure('print', file, err);
   }
 }

@@ -43,20 +43,11 @@ function types(): { full: protobuf.Type; wire: protobuf.Type } {
   return { full, wire };
 }
 
-interface WireMessage {
-  request_id: string;
-  user_id: string;
-  attributes: Record<string, { values: string[] }>;
-  user_embedding: Uint8Array;
-  num_results: number;
-  exclude_ad_ids: string[];
-  exclude_advertiser_ids: string[];
-  blocked_categories: string[];
-  pipeline: string;
-  debug: boolean;
-}
+/** The shadow type's message: the same fields, with the embedding as its raw packed bytes. */
+type WireMessage = Omit<DecodedRetrieve, 'user_embedding' | 'decodeError'> & { user_embedding: Uint8Array };
 
-function empty(error: string): DecodedRetrieve {
+/** A RetrieveRequest with every field at its proto3 default. */
+export function blankRetrieve(): DecodedRetrieve {
   return {
     request_id: '',
     user_id: '',
@@ -68,8 +59,11 @@ function empty(error: string): DecodedRetrieve {
     blocked_categories: [],
     pipeline: '',
     debug: false,
-    decodeError: error,
   };
+}
+
+function empty(error: string): DecodedRetrieve {
+  return { ...blankRetrieve(), decodeError: error };
 }
 
 /** Field 4 occurrences and whether any is unpacked (wire type 5). */

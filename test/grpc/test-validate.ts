@@ -1,23 +1,11 @@
 import { strict as assert } from 'node:assert';
 import { defaultConfig } from '../../src/config/load';
 import { RpcError, recordToAd, validateAds, validateRetrieve } from '../../src/grpc/validate';
-import type { DecodedRetrieve } from '../../src/grpc/codec';
+import { blankRetrieve, type DecodedRetrieve } from '../../src/grpc/codec';
 
 const cfg = defaultConfig();
 const ad = (o: Record<string, unknown> = {}) => ({ ad_id: 'a1', advertiser_id: 'v', campaign_id: 'c', category: 'gaming', bid_micros: '1000', embedding: [1, 2], ...o });
-const req = (o: Partial<DecodedRetrieve> = {}): DecodedRetrieve => ({
-  request_id: '',
-  user_id: '',
-  attributes: {},
-  user_embedding: new Float32Array(0),
-  num_results: 0,
-  exclude_ad_ids: [],
-  exclude_advertiser_ids: [],
-  blocked_categories: [],
-  pipeline: '',
-  debug: false,
-  ...o,
-});
+const req = (o: Partial<DecodedRetrieve> = {}): DecodedRetrieve => ({ ...blankRetrieve(), ...o });
 function fails(fn: () => unknown, field: string): void {
   assert.throws(fn, (e: unknown) => e instanceof RpcError && e.code === 3 && e.details.startsWith(field), `expected INVALID_ARGUMENT on ${field}`);
 }
