@@ -300,9 +300,9 @@ export class FunnelServer {
       this.telemetry.metrics?.shedRequest('event_loop_lag');
       throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `over capacity: the event loop runs ${Math.round(this.loopLag.lagMs)} ms late (limits.shed_event_loop_lag_ms)`);
     }
-    const d0 = call.getDeadline();
-    const deadline0 = d0 instanceof Date ? d0.getTime() : d0;
-    if (Number.isFinite(deadline0) && deadline0 <= Date.now()) {
+    const d = call.getDeadline();
+    const callDeadline = d instanceof Date ? d.getTime() : d;
+    if (Number.isFinite(callDeadline) && callDeadline <= Date.now()) {
       throw new RpcError(grpc.status.DEADLINE_EXCEEDED, 'the deadline had passed before the call was handled');
     }
     this.inFlight++;
@@ -313,8 +313,7 @@ export class FunnelServer {
       const req = call.request;
       const routed = route(config, typeof req.user_id === 'string' ? req.user_id : '', typeof req.pipeline === 'string' ? req.pipeline : '');
       const query = validateRetrieve(req, config, state.dim, routed.pipeline);
-      const d = call.getDeadline();
-      const deadlineMs = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + config.limits.default_deadline_ms;
+      const deadlineMs = Number.isFinite(callDeadline) ? callDeadline : Date.now() + config.limits.default_deadline_ms;
       const metrics = this.telemetry.metrics;
       const recordStage = metrics ? (r: StageReport) => metrics.stage(query.pipeline, r) : undefined;
       const telemetryObserver =

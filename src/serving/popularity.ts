@@ -36,6 +36,8 @@ class Segment {
   readonly counters = new Map<number, Counters>();
   private order: number[] = [];
   private dirty = false;
+  /** Ids were deleted since the last ranking: `order` may hold them (and, once re-added, twice). */
+  private pruned = false;
   private ranked_: Uint32Array = new Uint32Array(0);
 
   update(id: number, c: Counters): void {
@@ -44,12 +46,18 @@ class Segment {
     this.dirty = true;
   }
   delete(id: number): void {
+    // Dropped from `order` at the next ranking, once for a whole batch of deletes.
     if (this.counters.delete(id)) {
-      this.order = this.order.filter((x) => x !== id);
+      this.pruned = true;
       this.dirty = true;
     }
   }
   ranked(score: (c: Counters) => number): Uint32Array {
+    if (this.pruned) {
+      const kept = new Set<number>();
+      this.order = this.order.filter((id) => this.counters.has(id) && !kept.has(id) && kept.add(id) !== undefined);
+      this.pruned = false;
+    }
     if (this.dirty) {
       const keys = new Map<number, number>();
       for (const [id, c] of this.counters) keys.set(id, score(c));

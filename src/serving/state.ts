@@ -11,7 +11,7 @@ import { HnswIndex as NativeHnswIndex, TargetingIndex as NativeTargetingIndex } 
 import type { PopularityView, ServingView, VectorSource } from '../pipeline/types';
 import { syncAnnIndex, annPath } from '../store/ann-sync';
 import type { CatalogRow } from '../store/catalog-schema';
-import { CatalogStore, type AdRecord, type EngagementEvent } from '../store/catalog-store';
+import { CatalogStore, utcDay, type AdRecord, type EngagementEvent } from '../store/catalog-store';
 import { AdTable, epochDay } from './ad-table';
 import { PopularityState, type ResolvedEvent } from './popularity';
 import { PriorOrder } from './prior-order';
@@ -113,6 +113,8 @@ export class ServingState implements ServingView {
   private readonly writes = new Mutex();
   private timer: NodeJS.Timeout | undefined;
   private annChanges = 0;
+  private vectorsOf: HnswIndex | undefined;
+  private vectorsView: VectorSource | null = null;
   private closed = false;
 
   private constructor(
@@ -151,9 +153,10 @@ export class ServingState implements ServingView {
       this.targeting.set(ad.id, ad.targeting ?? undefined);
       this.trackFlight(ad, started);
     }
+    const today = utcDay(started);
     for (const s of this.store.spends()) {
       const id = this.ads.idOf(s.adId);
-      if (id >= 0 && s.day === new Date(started).toISOString().slice(0, 10)) this.ads.setSpend(id, s.micros, started);
+      if (id >= 0 && s.day === today) this.ads.setSpend(id, s.micros, started);
     }
     let records = 0;
     for (const p of this.store.popularity()) {
@@ -242,14 +245,19 @@ export class ServingState implements ServingView {
   }
 
   get vectors(): VectorSource | null {
-    const ann = this.ann;
+    const ann = this.ann_;
     if (ann.size === 0) return null;
-    return {
-      dim: ann.dim,
-      metric: ann.metric,
-      get: (id: number) => (ann.has(id) ? ann.getVector(id) : undefined),
-      gather: (ids: Uint32Array, out: Float32Array) => ann.gatherVectors(ids, out),
-    };
+    // Built once per index (stages read it on every request), not once per read.
+    if (this.vectorsOf !== ann) {
+      this.vectorsOf = ann;
+      this.vectorsView = {
+        dim: ann.dim,
+        metric: ann.metric,
+        get: (id: number) => (ann.has(id) ? ann.getVector(id) : undefined),
+        gather: (ids: Uint32Array, out: Float32Array) => ann.gatherVectors(ids, out),
+      };
+    }
+    return this.vectorsView;
   }
 
   get popularityConfig(): PopularityConfig {

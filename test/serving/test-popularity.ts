@@ -49,6 +49,17 @@ describe('PopularityState', () => {
     assert.equal(p.rate(1, t), 0);
   });
 
+  it('when an ad is removed and its id comes back before the next ranking, then it is ranked once', () => {
+    const p = new PopularityState(cfg());
+    const t = Date.UTC(2026, 0, 1);
+    p.apply(p.plan([ev(1, true, t), ev(2, true, t), ev(2, true, t)]));
+    assert.deepEqual(Array.from(p.ranked()), [2, 1]);
+    p.remove(1);
+    p.remove(2);
+    p.apply(p.plan([ev(1, true, t)]));
+    assert.deepEqual(Array.from(p.ranked()), [1]);
+  });
+
   it('when rate() is read, then it is smoothed clicks / (impressions + prior)', () => {
     const p = new PopularityState(cfg({ prior_impressions: 10 }));
     const t = Date.UTC(2026, 0, 1);
