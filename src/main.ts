@@ -111,6 +111,7 @@ export async function start(options: StartOptions): Promise<Running> {
     },
     configVersion: () => server.config.version,
     dataSeq: () => server.servingState?.seq ?? null,
+    traceSpans: () => tracing.spanStats(),
   });
   let metricsServer: MetricsServer | null = null;
   let port: number;

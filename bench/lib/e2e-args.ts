@@ -70,8 +70,9 @@ load
 tracing
   --tracing-rate R      after the phases above, restart the server with 100% sampling exporting
                         OTLP/HTTP (protobuf) to a receiver in this process on loopback, and repeat
-                        the maximum-throughput phase and the fixed rate R (default: the lowest of
-                        --rates); 0 skips the tracing comparison
+                        the Health and Retrieve maximum-throughput phases (the Health one, so both
+                        servers have the same history before Retrieve) and the fixed rate R
+                        (default: the lowest of --rates); 0 skips the tracing comparison
 `;
 
 function positiveNumber(name: string, raw: string | undefined, fallback: number, allowZero = false): number {

@@ -10,10 +10,10 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from 'pino';
-import type { Context, Span, Tracer } from '@opentelemetry/api';
 import { route } from '../config/experiments';
 import type { Metrics } from '../telemetry/metrics';
-import { endRpcSpan, stageSpans, startRpcSpan } from '../telemetry/tracing';
+import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
+import { extractContext } from '../telemetry/tracing';
 import type { Config } from '../config/schema';
 import { Funnel } from '../pipeline/funnel';
 import type { StageObserver } from '../pipeline/run-stage';
@@ -45,7 +45,7 @@ export interface ServerOptions {
 /** Telemetry of a server: metrics (prom-client) and a tracer (null = tracing off). */
 export interface ServerTelemetry {
   metrics?: Metrics;
-  tracer?: Tracer | null;
+  tracer?: RequestTracer | null;
 }
 
 /** Extra hooks (tests, benchmarks). */
@@ -238,7 +238,7 @@ export class FunnelServer {
       let answered = false;
       this.calls++;
       const tracer = this.telemetry.tracer;
-      const t: CallTrace = tracer ? startRpcSpan(tracer, service, method, call.metadata, this.boundPort) : {};
+      const t: CallTrace = tracer ? tracer.startRpc(service, method, extractContext(call.metadata), this.boundPort) : null;
       const answer = (err: { code: grpc.status; details: string } | null, res?: Res) => {
         if (answered) return;
         answered = true;
@@ -247,7 +247,7 @@ export class FunnelServer {
         const ms = Number(process.hrtime.bigint() - started) / 1e6;
         this.hooks.onRpc?.(method, code, ms);
         this.telemetry.metrics?.rpc(service, method, grpc.status[code] ?? String(code), ms / 1000);
-        if (t.span) endRpcSpan(t.span, code, grpc.status[code] ?? String(code), err?.details);
+        t?.end(code, grpc.status[code] ?? String(code), err?.details);
         if (err) callback(err as grpc.ServiceError);
         else callback(null, res);
       };
@@ -317,15 +317,15 @@ export class FunnelServer {
       const metrics = this.telemetry.metrics;
       const recordStage = metrics ? (r: StageReport) => metrics.stage(query.pipeline, r) : undefined;
       const telemetryObserver =
-        t.span && t.context && this.telemetry.tracer
-          ? stageSpans(this.telemetry.tracer, t.context, recordStage)
+        t
+          ? t.stageObserver(recordStage)
           : recordStage
             ? { start: () => recordStage }
             : undefined;
       // Passing an observer replaces the funnel's default (hooks.observer): keep both.
       const observer = telemetryObserver && this.hooks.observer ? bothObservers(this.hooks.observer, telemetryObserver) : telemetryObserver;
-      if (t.span) {
-        t.span.setAttributes({
+      if (t) {
+        t.setAttributes({
           'funnel.request_id': query.requestId,
           'funnel.pipeline': query.pipeline,
           'funnel.experiment.arm': routed.arm,
@@ -334,9 +334,9 @@ export class FunnelServer {
         });
       }
       const result = await funnel.run(query, config.pipelines[query.pipeline], deadlineMs, abort.signal, observer);
-      if (t.span) {
-        t.span.setAttributes({ 'funnel.degraded': result.degradedStages.length > 0, 'funnel.data_seq': result.seq });
-        if (result.degradedStages.length > 0) t.span.setAttribute('funnel.degraded_stages', result.degradedStages);
+      if (t) {
+        t.setAttributes({ 'funnel.degraded': result.degradedStages.length > 0, 'funnel.data_seq': result.seq });
+        if (result.degradedStages.length > 0) t.setAttributes({ 'funnel.degraded_stages': result.degradedStages });
       }
       if (result.deadlineExceeded && config.limits.on_deadline === 'error') {
         throw new RpcError(grpc.status.DEADLINE_EXCEEDED, `deadline passed (degraded stages: ${result.degradedStages.join(', ') || 'none'})`);
@@ -466,11 +466,8 @@ function bothObservers(a: StageObserver, b: StageObserver): StageObserver {
   };
 }
 
-/** The server span of a call and its context (empty when tracing is off). */
-interface CallTrace {
-  span?: Span;
-  context?: Context;
-}
+/** The spans of a call: null when tracing is off or the call was not sampled. */
+type CallTrace = RequestTrace | null;
 
 interface EventMessage {
   ad_id?: string;

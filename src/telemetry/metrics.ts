@@ -29,6 +29,7 @@ export const METRIC_NAMES = [
   'funnel_config_info',
   'funnel_config_reloads_total',
   'funnel_data_seq',
+  'funnel_trace_spans_total',
 ] as const;
 
 /** Latency buckets, seconds: sub-millisecond stages up to multi-second outliers. */
@@ -41,6 +42,8 @@ export interface MetricsSource {
   sizes(): { ads: number; servable: number; annVectors: number; annBytes: number; targeting: number; targetingBytes: number } | null;
   configVersion(): string;
   dataSeq(): number | null;
+  /** Spans the OTLP exporter sent, failed to send and dropped at its queue limit; null or absent without one. */
+  traceSpans?(): { exported: number; failed: number; dropped: number } | null;
 }
 
 /** The service's metrics on their own registry. */
@@ -131,6 +134,21 @@ export class Metrics {
         if (self.lastVersion !== undefined && self.lastVersion !== v) this.remove({ version: self.lastVersion });
         self.lastVersion = v;
         this.set({ version: v }, 1);
+      },
+    });
+    const spansSeen = { exported: 0, failed: 0, dropped: 0 };
+    new Counter({
+      name: 'funnel_trace_spans_total',
+      help: 'Spans of the OTLP trace exporter, by outcome: exported, failed (the collector refused or was unreachable), dropped (queue full)',
+      labelNames: ['outcome'],
+      registers: [r],
+      collect() {
+        const now = self.source?.traceSpans?.();
+        if (!now) return;
+        for (const outcome of ['exported', 'failed', 'dropped'] as const) {
+          this.inc({ outcome }, Math.max(0, now[outcome] - spansSeen[outcome]));
+          spansSeen[outcome] = now[outcome];
+        }
       },
     });
     new Gauge({

@@ -2,12 +2,16 @@
  * OpenTelemetry tracing configured by the standard environment variables:
  * OTEL_TRACES_EXPORTER (otlp, console, none; comma-separated; unset = none, so tracing costs
  * nothing unless asked for), OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL (grpc, http/protobuf,
- * http/json), OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT (read by the exporters), OTEL_SERVICE_NAME,
- * OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG) (default ParentBased(TraceIdRatio(1))),
- * OTEL_BSP_* (BatchSpanProcessor). No global registration: the server passes contexts
- * explicitly (W3C traceparent from gRPC metadata), so tests can run several providers.
+ * http/json), OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT and the rest of OTEL_EXPORTER_OTLP_* (read by
+ * the exporters), OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG) (default
+ * ParentBased(TraceIdRatio(1))), OTEL_BSP_* (batching).
+ *
+ * Spans are recorded by request-tracer.ts as flat rows and the OTLP exporter runs on a worker
+ * thread (span-sinks.ts): the SDK's span objects and its on-thread serialisation cost about 20%
+ * of the request thread at 100% sampling. No global registration: the server passes contexts
+ * explicitly (W3C traceparent from gRPC metadata), so tests can run several tracers.
  */
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span, type TextMapGetter, type Tracer } from '@opentelemetry/api';
+import { ROOT_CONTEXT, type Context, type TextMapGetter } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import {
@@ -18,24 +22,18 @@ import {
   ParentBasedSampler,
   TraceIdRatioBasedSampler,
   type Sampler,
-  type SpanExporter,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
-import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import type { Metadata } from '@grpc/grpc-js';
-import type { StageObserver } from '../pipeline/run-stage';
-import type { StageReport } from '../pipeline/types';
-
-/** A tracing set-up problem (unknown exporter or protocol, bad sampler argument). */
-export class TracingConfigError extends Error {
-  readonly code = 'ERR_TRACING_CONFIG';
-}
+import { otlpProtocol, TracingConfigError, type OtlpProtocol } from './otlp-exporter';
+import { RequestTracer, type SpanSink } from './request-tracer';
+import { ProcessorSink, WorkerSpanSink, type SpanExportStats } from './span-sinks';
 
 /**
  * Options of initTracing (tests inject exporters and samplers; production reads the environment).
  * `env` covers the exporter list, protocol, sampler and service name; the OTLP exporters
- * (endpoint, headers, timeout), the BatchSpanProcessor (OTEL_BSP_*) and OTEL_RESOURCE_ATTRIBUTES
- * always read process.env.
+ * (endpoint, headers, timeout), batching (OTEL_BSP_*) and OTEL_RESOURCE_ATTRIBUTES always read
+ * process.env, when initTracing runs.
  */
 export interface TracingOptions {
   env?: NodeJS.ProcessEnv;
@@ -47,11 +45,19 @@ export interface TracingOptions {
 
 /** Tracing of the process: `tracer` is null when no exporter is configured. */
 export interface Tracing {
-  readonly tracer: Tracer | null;
+  readonly tracer: RequestTracer | null;
   /** Exporters in use, for the start-up log line. */
   readonly exporters: string[];
+  /** Spans exported, failed and dropped by the OTLP exporters so far; null without one. */
+  spanStats(): SpanExportStats | null;
   /** Flushes and stops the exporters. */
   shutdown(): Promise<void>;
+}
+
+export { TracingConfigError };
+
+function sumStats(all: SpanExportStats[]): SpanExportStats {
+  return all.reduce((a, b) => ({ exported: a.exported + b.exported, failed: a.failed + b.failed, dropped: a.dropped + b.dropped }), { exported: 0, failed: 0, dropped: 0 });
 }
 
 function samplerFromEnv(env: NodeJS.ProcessEnv): Sampler {
@@ -78,24 +84,17 @@ function samplerFromEnv(env: NodeJS.ProcessEnv): Sampler {
   }
 }
 
-function otlpExporter(env: NodeJS.ProcessEnv): { exporter: SpanExporter; label: string } {
-  const protocol = (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? 'http/protobuf').trim();
-  switch (protocol) {
-    case 'grpc': {
-      // Loaded on demand: each exporter pulls in its own transport.
-      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-grpc') as typeof import('@opentelemetry/exporter-trace-otlp-grpc');
-      return { exporter: new OTLPTraceExporter(), label: 'otlp/grpc' };
-    }
-    case 'http/protobuf': {
-      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-proto') as typeof import('@opentelemetry/exporter-trace-otlp-proto');
-      return { exporter: new OTLPTraceExporter(), label: 'otlp/http-protobuf' };
-    }
-    case 'http/json': {
-      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http');
-      return { exporter: new OTLPTraceExporter(), label: 'otlp/http-json' };
-    }
-    default:
-      throw new TracingConfigError(`OTEL_EXPORTER_OTLP_PROTOCOL "${protocol}" is not supported (grpc, http/protobuf, http/json)`);
+/** Fans spans out to several sinks. */
+class MultiSink implements SpanSink {
+  constructor(private readonly sinks: SpanSink[]) {}
+  emit(rows: Parameters<SpanSink['emit']>[0]): void {
+    for (const s of this.sinks) s.emit(rows);
+  }
+  async forceFlush(): Promise<void> {
+    await Promise.all(this.sinks.map((s) => s.forceFlush()));
+  }
+  async shutdown(): Promise<void> {
+    await Promise.all(this.sinks.map((s) => s.shutdown()));
   }
 }
 
@@ -104,20 +103,23 @@ export function initTracing(options: TracingOptions = {}): Tracing {
   const env = options.env ?? process.env;
   // Checked first, so a bad sampler never leaves exporters behind.
   const sampler = options.sampler ?? samplerFromEnv(env);
-  let processors = options.processors;
+  const processors: SpanProcessor[] = [];
+  const otlp: { protocol: OtlpProtocol; label: string }[] = [];
   const labels: string[] = [];
-  if (!processors) {
+  if (options.processors) {
+    processors.push(...options.processors);
+    labels.push('injected');
+  } else {
     const names = (env.OTEL_TRACES_EXPORTER ?? 'none')
       .split(',')
       .map((s) => s.trim().toLowerCase())
       .filter((s) => s !== '');
-    processors = [];
     for (const name of names) {
       if (name === 'none') continue;
       if (name === 'otlp') {
-        const { exporter, label } = otlpExporter(env);
-        processors.push(new BatchSpanProcessor(exporter));
-        labels.push(label);
+        const o = otlpProtocol(env);
+        otlp.push(o);
+        labels.push(o.label);
       } else if (name === 'console') {
         processors.push(new BatchSpanProcessor(new ConsoleSpanExporter()));
         labels.push('console');
@@ -125,20 +127,24 @@ export function initTracing(options: TracingOptions = {}): Tracing {
         throw new TracingConfigError(`OTEL_TRACES_EXPORTER "${name}" is not supported (otlp, console, none)`);
       }
     }
-  } else {
-    labels.push('injected');
   }
-  if (processors.length === 0) return { tracer: null, exporters: [], shutdown: async () => undefined };
+  if (processors.length === 0 && otlp.length === 0) return { tracer: null, exporters: [], spanStats: () => null, shutdown: async () => undefined };
   const detected = detectResources({ detectors: [envDetector] });
   const resource = resourceFromAttributes({
     'service.name': env.OTEL_SERVICE_NAME ?? 'funnel',
     'service.version': options.serviceVersion ?? 'unknown',
   }).merge(detected);
-  const provider = new NodeTracerProvider({ resource, sampler, spanProcessors: processors });
+  const scope = { name: 'funnel', version: options.serviceVersion };
+  // Serialisation and transport of OTLP run on a worker thread, not the request thread.
+  const workers = otlp.map(({ protocol }) => new WorkerSpanSink({ protocol, resource: { attributes: { ...resource.attributes }, schemaUrl: resource.schemaUrl }, scope }));
+  const sinks: SpanSink[] = [...workers];
+  if (processors.length > 0) sinks.push(new ProcessorSink(processors, resource, scope));
+  const sink = sinks.length === 1 ? sinks[0] : new MultiSink(sinks);
   return {
-    tracer: provider.getTracer('funnel', options.serviceVersion),
+    tracer: new RequestTracer(sampler, sink),
     exporters: labels,
-    shutdown: () => provider.shutdown(),
+    spanStats: () => (workers.length === 0 ? null : sumStats(workers.map((w) => w.stats()))),
+    shutdown: () => sink.shutdown(),
   };
 }
 
@@ -155,57 +161,4 @@ const metadataGetter: TextMapGetter<Metadata> = {
 /** The caller's trace context from `traceparent`/`tracestate` metadata (root when absent or malformed). */
 export function extractContext(metadata: Metadata): Context {
   return propagator.extract(ROOT_CONTEXT, metadata, metadataGetter);
-}
-
-/** Starts the server span of an RPC (OpenTelemetry RPC conventions), child of the caller's context. */
-export function startRpcSpan(tracer: Tracer, service: string, method: string, metadata: Metadata, port: number): { span: Span; context: Context } {
-  const parent = extractContext(metadata);
-  const span = tracer.startSpan(
-    `${service}/${method}`,
-    {
-      kind: SpanKind.SERVER,
-      attributes: { 'rpc.system': 'grpc', 'rpc.service': service, 'rpc.method': method, 'server.port': port },
-    },
-    parent,
-  );
-  return { span, context: trace.setSpan(parent, span) };
-}
-
-/**
- * gRPC codes that make a SERVER span an error (OpenTelemetry RPC conventions): the server's own
- * failures, not the caller's mistakes or refusals (INVALID_ARGUMENT, UNAUTHENTICATED,
- * RESOURCE_EXHAUSTED, ... leave the status unset).
- */
-const SERVER_ERROR_CODES = new Set([2 /* UNKNOWN */, 4 /* DEADLINE_EXCEEDED */, 12 /* UNIMPLEMENTED */, 13 /* INTERNAL */, 14 /* UNAVAILABLE */, 15 /* DATA_LOSS */]);
-
-/** Ends an RPC span with its gRPC status code; the span is an error only for server-side failure codes. */
-export function endRpcSpan(span: Span, code: number, codeName: string, details?: string): void {
-  span.setAttribute('rpc.grpc.status_code', code);
-  if (SERVER_ERROR_CODES.has(code)) span.setStatus({ code: SpanStatusCode.ERROR, message: details ? `${codeName}: ${details}` : codeName });
-  span.end();
-}
-
-/** A stage observer that opens `funnel.stage <Name>` child spans of `parent`; `also` receives every report too (metrics). */
-export function stageSpans(tracer: Tracer, parent: Context, also?: (r: StageReport) => void): StageObserver {
-  return {
-    start(name) {
-      const span = tracer.startSpan(`funnel.stage ${name}`, { kind: SpanKind.INTERNAL }, parent);
-      return (r) => {
-        also?.(r);
-        const prefix = `funnel.${r.name.toLowerCase()}.`;
-        span.setAttributes({
-          'funnel.stage': r.name,
-          'funnel.candidates_in': r.candidatesIn,
-          'funnel.candidates_out': r.candidatesOut,
-          'funnel.stage.status': r.status,
-        });
-        if (r.limitMs !== undefined) span.setAttribute('funnel.stage.timeout_ms', r.limitMs);
-        for (const [k, v] of Object.entries(r.detail)) span.setAttribute(prefix + k, v);
-        if (r.status === 'timeout' || r.status === 'error') {
-          span.setStatus({ code: SpanStatusCode.ERROR, message: r.status === 'timeout' ? `timed out: ${r.error ?? ''}` : (r.error ?? 'error') });
-        }
-        span.end();
-      };
-    },
-  };
 }

@@ -106,6 +106,12 @@ describe('e2e: OTLP/HTTP trace export', function () {
     s = await startTraced('http/protobuf', `http://127.0.0.1:${receiver.port}`);
     assert.deepEqual(s.running.tracing.exporters, ['otlp/http-protobuf']);
     await retrieveOnce(s);
+    await s.running.tracing.shutdown();
+    // The server span and one span per stage, acknowledged by the receiver, counted on /metrics.
+    const exported = s.running.tracing.spanStats()?.exported ?? 0;
+    assert.ok(exported >= 9, `exported ${exported}`);
+    const scrape = await s.running.metrics.registry.metrics();
+    assert.match(scrape, new RegExp(`^funnel_trace_spans_total\\{outcome="exported"\\} ${exported}$`, 'm'));
     await s.stop();
     const posts = receiver.received.filter((r) => r.path === '/v1/traces');
     assert.ok(posts.length >= 1, `requests: ${JSON.stringify(receiver.received.map((r) => r.path))}`);

@@ -5,7 +5,7 @@
  */
 import { strict as assert } from 'node:assert';
 import * as grpc from '@grpc/grpc-js';
-import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { AlwaysOnSampler, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { packageVersion } from '../../src/main';
 import { TracingConfigError, initTracing } from '../../src/telemetry/tracing';
@@ -221,8 +221,9 @@ describe('tracing', () => {
       });
       try {
         assert.deepEqual(t.exporters, ['injected']);
-        t.tracer!.startSpan('x').end();
+        t.tracer!.startRpc('svc', 'M', ROOT_CONTEXT, 1)!.end(0, 'OK');
         const [span] = exporter.getFinishedSpans();
+        assert.equal(span.name, 'svc/M');
         assert.equal(span.resource.attributes['service.name'], 'funnel-test');
         assert.equal(span.resource.attributes['service.version'], '1.2.3');
       } finally {
