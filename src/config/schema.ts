@@ -204,12 +204,28 @@ export const experimentsSchema = z
   })
   .strict();
 
+/** Trace sampling knobs (the exporter itself is set up by OTEL_* variables at start). */
+export const tracingSchema = z
+  .object({
+    sample_ratio: z
+      .number()
+      .min(0)
+      .max(1)
+      .nullable()
+      .default(null)
+      .describe(
+        'share of new traces sampled, in place of OTEL_TRACES_SAMPLER: ParentBased(TraceIdRatio(sample_ratio)), so a caller\'s sampled or unsampled traceparent is still followed; null = OTEL_TRACES_SAMPLER decides. Needs an exporter (OTEL_TRACES_EXPORTER)',
+      ),
+  })
+  .strict();
+
 /** The whole configuration file. */
 export const configSchema = z
   .object({
     version: z.string().default('builtin').describe('a label for this config; reported in metrics and logs'),
     limits: limitsSchema.default(() => limitsSchema.parse({})),
     popularity: popularitySchema.default(() => popularitySchema.parse({})),
+    tracing: tracingSchema.default(() => tracingSchema.parse({})),
     default_pipeline: z.string().min(1).default('default'),
     experiments: experimentsSchema.default(() => experimentsSchema.parse({})),
     pipelines: z.record(z.string().min(1), pipelineSchema).default(() => ({ default: pipelineSchema.parse({}) })),
@@ -247,6 +263,7 @@ export type ExperimentsConfig = z.infer<typeof experimentsSchema>;
 export type StagesConfig = z.infer<typeof stagesSchema>;
 export type LimitsConfig = z.infer<typeof limitsSchema>;
 export type PopularityConfig = z.infer<typeof popularitySchema>;
+export type TracingConfig = z.infer<typeof tracingSchema>;
 export type AnnStageConfig = z.infer<typeof annStageSchema>;
 export type TargetingStageConfig = z.infer<typeof targetingStageSchema>;
 export type PopularityStageConfig = z.infer<typeof popularityStageSchema>;

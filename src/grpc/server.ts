@@ -98,6 +98,7 @@ export class FunnelServer {
     private readonly telemetry: ServerTelemetry = {},
   ) {
     this.config_ = config;
+    telemetry.tracer?.setSampleRatio(config.tracing.sample_ratio);
     this.server = new grpc.Server({
       'grpc.max_receive_message_length': config.limits.max_message_bytes,
       'grpc.max_send_message_length': Math.max(config.limits.max_message_bytes, 16 << 20),
@@ -136,6 +137,7 @@ export class FunnelServer {
     }
     this.funnel_?.prepare(c);
     this.state_?.configure(c);
+    this.telemetry.tracer?.setSampleRatio(c.tracing.sample_ratio);
     this.config_ = c;
   }
 

@@ -61,6 +61,11 @@ export class Metrics {
   private readonly shed: Counter<'reason'>;
   private readonly reloads: Counter<'result'>;
   private source: MetricsSource | undefined;
+  private readonly rpcChildren = new Map<string, { requests: ReturnType<Counter['labels']>; duration: ReturnType<Histogram['labels']> }>();
+  private readonly stageChildren = new Map<
+    string,
+    { runs: ReturnType<Counter['labels']>; duration: ReturnType<Histogram['labels']>; in: ReturnType<Counter['labels']>; out: ReturnType<Counter['labels']> }
+  >();
   private lastVersion: string | undefined;
 
   constructor() {
@@ -169,18 +174,41 @@ export class Metrics {
 
   /** Records one answered RPC. */
   rpc(service: string, method: string, code: string, seconds: number): void {
-    this.rpcRequests.inc({ service, method, code });
-    this.rpcDuration.observe({ service, method, code }, seconds);
+    const key = `${service}\u0000${method}\u0000${code}`;
+    let c = this.rpcChildren.get(key);
+    if (!c) {
+      const labels = { service, method, code };
+      c = { requests: this.rpcRequests.labels(labels), duration: this.rpcDuration.labels(labels) };
+      this.rpcChildren.set(key, c);
+    }
+    c.requests.inc();
+    c.duration.observe(seconds);
   }
 
-  /** Records one stage run. */
+  /**
+   * Records one stage run. Eight stages report per Retrieve: the label-bound children are kept,
+   * since resolving labels on every call (prom-client hashes them) cost about 4% of the request
+   * thread in a profile of funnel serve.
+   */
   stage(pipeline: string, r: StageReport): void {
-    const labels = { stage: r.name, pipeline };
-    this.stageRuns.inc({ ...labels, status: r.status });
+    const key = `${pipeline}\u0000${r.name}\u0000${r.status}`;
+    let c = this.stageChildren.get(key);
+    if (!c) {
+      const labels = { stage: r.name, pipeline };
+      const withStatus = { ...labels, status: r.status };
+      c = {
+        runs: this.stageRuns.labels(withStatus),
+        duration: this.stageDuration.labels(withStatus),
+        in: this.stageIn.labels(labels),
+        out: this.stageOut.labels(labels),
+      };
+      this.stageChildren.set(key, c);
+    }
+    c.runs.inc();
     if (r.status === 'skipped') return;
-    this.stageDuration.observe({ ...labels, status: r.status }, r.latencyMs / 1000);
-    this.stageIn.inc(labels, r.candidatesIn);
-    this.stageOut.inc(labels, r.candidatesOut);
+    c.duration.observe(r.latencyMs / 1000);
+    c.in.inc(r.candidatesIn);
+    c.out.inc(r.candidatesOut);
   }
 
   /** Records one Retrieve answer. */

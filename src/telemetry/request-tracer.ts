@@ -12,7 +12,7 @@
  */
 import { randomFillSync } from 'node:crypto';
 import { SamplingDecision, SpanKind, SpanStatusCode, trace, type Attributes, type AttributeValue, type Context } from '@opentelemetry/api';
-import type { Sampler } from '@opentelemetry/sdk-trace-base';
+import { ParentBasedSampler, TraceIdRatioBasedSampler, type Sampler } from '@opentelemetry/sdk-trace-base';
 import type { StageObserver } from '../pipeline/run-stage';
 import type { StageReport } from '../pipeline/types';
 import { Col, type FlatAttributes, type SpanRow } from './span-row';
@@ -33,22 +33,39 @@ export interface SpanSink {
 const SERVER_ERROR_CODES = new Set([2 /* UNKNOWN */, 4 /* DEADLINE_EXCEEDED */, 12 /* UNIMPLEMENTED */, 13 /* INTERNAL */, 14 /* UNAVAILABLE */, 15 /* DATA_LOSS */]);
 
 const POOL_BYTES = 8 * 1024;
-const pool = Buffer.alloc(POOL_BYTES);
+const pool = new Uint8Array(POOL_BYTES);
 let poolAt = POOL_BYTES;
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 const ZERO_8 = '0'.repeat(16);
 const ZERO_16 = '0'.repeat(32);
 
-/** `bytes` random bytes as lower-case hex, never all zeros (an invalid id). */
+/**
+ * `bytes` random bytes as lower-case hex, never all zeros (an invalid id). From a pooled
+ * crypto-random buffer, written out through a byte-to-hex table: Buffer#toString('hex') per id
+ * cost about 3 µs (a call into C++ each time).
+ */
 function randomId(bytes: 8 | 16): string {
   for (;;) {
     if (poolAt + bytes > POOL_BYTES) {
       randomFillSync(pool);
       poolAt = 0;
     }
-    const id = pool.toString('hex', poolAt, poolAt + bytes);
+    let id = '';
+    for (let i = 0; i < bytes; i++) id += HEX[pool[poolAt + i]];
     poolAt += bytes;
     if (id !== (bytes === 8 ? ZERO_8 : ZERO_16)) return id;
   }
+}
+
+/** Per stage name: its span name and attribute prefix, built once. */
+const stageNames = new Map<string, { span: string; prefix: string }>();
+function namesOf(stage: string): { span: string; prefix: string } {
+  let n = stageNames.get(stage);
+  if (!n) {
+    n = { span: `funnel.stage ${stage}`, prefix: `funnel.${stage.toLowerCase()}.` };
+    stageNames.set(stage, n);
+  }
+  return n;
 }
 
 function flatten(attributes: Attributes, into: FlatAttributes): void {
@@ -60,10 +77,31 @@ function flatten(attributes: Attributes, into: FlatAttributes): void {
 
 /** Starts the spans of calls, sampling each with the configured sampler. */
 export class RequestTracer {
+  private sampler: Sampler;
+  private ratio: number | null = null;
+
   constructor(
-    private readonly sampler: Sampler,
+    private readonly configured: Sampler,
     private readonly sink: SpanSink,
-  ) {}
+  ) {
+    this.sampler = configured;
+  }
+
+  /**
+   * Samples new traces with probability `ratio` from now on, following the caller's decision
+   * when it sends one (ParentBased(TraceIdRatio)); null goes back to the sampler the tracer was
+   * made with (OTEL_TRACES_SAMPLER). Config `tracing.sample_ratio`, applied on reload.
+   */
+  setSampleRatio(ratio: number | null): void {
+    if (ratio === this.ratio) return;
+    this.ratio = ratio;
+    this.sampler = ratio === null ? this.configured : new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
+  }
+
+  /** The sampler in use, as the SDK describes it. */
+  get samplerDescription(): string {
+    return this.sampler.toString();
+  }
 
   /**
    * The trace of a call whose caller's context (from its traceparent) is `parent`; null when the
@@ -131,11 +169,8 @@ export class RequestTrace {
             r.status,
           ];
           if (r.limitMs !== undefined) attrs.push('funnel.stage.timeout_ms', r.limitMs);
-          const detailKeys = Object.keys(r.detail);
-          if (detailKeys.length > 0) {
-            const prefix = `funnel.${r.name.toLowerCase()}.`;
-            for (const k of detailKeys) attrs.push(prefix + k, r.detail[k]);
-          }
+          const names = namesOf(name);
+          for (const k in r.detail) attrs.push(names.prefix + k, r.detail[k]);
           const failed = r.status === 'timeout' || r.status === 'error';
           const row: SpanRow = [
             this.traceId,
@@ -144,7 +179,7 @@ export class RequestTrace {
             1,
             0,
             this.traceState,
-            `funnel.stage ${name}`,
+            names.span,
             SpanKind.INTERNAL,
             start,
             performance.now(),

@@ -1,7 +1,11 @@
 /**
- * The export worker of WorkerSpanSink: rebuilds ReadableSpans from span rows and hands them to
- * the OTLP exporter, which serialises and sends them here, off the request thread. `flush` and
- * `shutdown` are answered once every export posted before them has finished.
+ * The export worker of WorkerSpanSink. It receives span rows in small, frequent messages (so the
+ * request thread never holds them long enough for its garbage collector to promote them), keeps
+ * them in its own heap, and exports them in batches as the BatchSpanProcessor would: when
+ * `maxBatch` are waiting, else `delayMs` after the first one arrived. Exports rebuild
+ * ReadableSpans and use the standard OTLP exporter, which serialises and sends them here, off the
+ * request thread. `flush` and `shutdown` export whatever waits and are answered once every export
+ * before them has finished.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Attributes, HrTime } from '@opentelemetry/api';
@@ -13,6 +17,8 @@ import { toReadableSpan, type Scope, type SpanRow } from './span-row';
 /** What the worker is started with. */
 export interface WorkerInit {
   protocol: OtlpProtocol;
+  maxBatch: number;
+  delayMs: number;
   exportTimeoutMs: number;
   resource: { attributes: Record<string, unknown>; schemaUrl?: string };
   scope: Scope;
@@ -21,30 +27,31 @@ export interface WorkerInit {
 }
 
 /** Messages to the worker. */
-export type ToWorker = { type: 'export'; id: number; rows: SpanRow[] } | { type: 'flush'; id: number } | { type: 'shutdown'; id: number };
+export type ToWorker = { type: 'rows'; rows: SpanRow[] } | { type: 'flush'; id: number } | { type: 'shutdown'; id: number };
 
-/** Messages from the worker: an export's outcome, or that a flush or shutdown is done. */
-export type ToMain = { type: 'exported'; id: number; ok: boolean; error?: string } | { type: 'flushed'; id: number };
+/** Messages from the worker: an export's outcome (for `count` spans), or that a flush or shutdown is done. */
+export type ToMain = { type: 'exported'; count: number; ok: boolean; error?: string } | { type: 'flushed'; id: number };
 
 function run(port: NonNullable<typeof parentPort>, init: WorkerInit): void {
   const exporter = createOtlpExporter(init.protocol);
   const resource = resourceFromAttributes(init.resource.attributes as Attributes, init.resource.schemaUrl ? { schemaUrl: init.resource.schemaUrl } : undefined);
-  const scope = init.scope;
   const inFlight = new Set<Promise<void>>();
+  let waiting: SpanRow[] = [];
+  let timer: NodeJS.Timeout | null = null;
 
-  function exportRows(id: number, rows: SpanRow[]): Promise<void> {
-    return new Promise<void>((resolve) => {
+  function exportRows(rows: SpanRow[]): void {
+    const p = new Promise<void>((resolve) => {
       let settled = false;
       const finish = (ok: boolean, error?: string) => {
         if (settled) return;
         settled = true;
-        clearTimeout(timer);
-        port.postMessage({ type: 'exported', id, ok, error } satisfies ToMain);
+        clearTimeout(deadline);
+        port.postMessage({ type: 'exported', count: rows.length, ok, error } satisfies ToMain);
         resolve();
       };
-      const timer = setTimeout(() => finish(false, `export timed out after ${init.exportTimeoutMs} ms (OTEL_BSP_EXPORT_TIMEOUT)`), init.exportTimeoutMs);
+      const deadline = setTimeout(() => finish(false, `export timed out after ${init.exportTimeoutMs} ms (OTEL_BSP_EXPORT_TIMEOUT)`), init.exportTimeoutMs);
       try {
-        const spans = rows.map((r) => toReadableSpan(r, resource, scope, init.timeOrigin));
+        const spans = rows.map((r) => toReadableSpan(r, resource, init.scope, init.timeOrigin));
         exporter.export(spans, (result: ExportResult) => {
           const ok = result.code === ExportResultCode.SUCCESS;
           finish(ok, ok ? undefined : (result.error?.message ?? 'export failed'));
@@ -53,15 +60,36 @@ function run(port: NonNullable<typeof parentPort>, init: WorkerInit): void {
         finish(false, (err as Error).message);
       }
     });
+    inFlight.add(p);
+    void p.then(() => inFlight.delete(p));
+  }
+
+  /** Exports everything waiting, in batches of at most maxBatch. */
+  function drain(): void {
+    if (timer) clearTimeout(timer);
+    timer = null;
+    while (waiting.length > 0) {
+      exportRows(waiting.length <= init.maxBatch ? waiting : waiting.slice(0, init.maxBatch));
+      waiting = waiting.length <= init.maxBatch ? [] : waiting.slice(init.maxBatch);
+    }
   }
 
   port.on('message', (m: ToWorker) => {
-    if (m.type === 'export') {
-      const p = exportRows(m.id, m.rows);
-      inFlight.add(p);
-      void p.then(() => inFlight.delete(p));
+    if (m.type === 'rows') {
+      for (const row of m.rows) waiting.push(row);
+      while (waiting.length >= init.maxBatch) {
+        exportRows(waiting.slice(0, init.maxBatch));
+        waiting = waiting.slice(init.maxBatch);
+      }
+      if (waiting.length === 0 && timer) {
+        clearTimeout(timer);
+        timer = null;
+      } else if (waiting.length > 0 && !timer) {
+        timer = setTimeout(drain, init.delayMs);
+      }
       return;
     }
+    drain();
     void Promise.all([...inFlight])
       .then(() => (m.type === 'flush' ? exporter.forceFlush?.() : exporter.shutdown()))
       .catch(() => undefined)

@@ -1,12 +1,15 @@
 /**
  * Span sinks: where a call's span rows go.
  *
- * - WorkerSpanSink batches rows and posts them to a worker thread that runs the standard OTLP
+ * - WorkerSpanSink posts rows to a worker thread that batches them and runs the standard OTLP
  *   exporter (serialisation, compression, transport, retries): the request thread only copies
- *   arrays. Batching reads the BatchSpanProcessor's variables with its meaning:
- *   OTEL_BSP_MAX_QUEUE_SIZE (spans buffered here or in the worker; past it new spans are dropped
- *   and counted), OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY and
- *   OTEL_BSP_EXPORT_TIMEOUT (per export, in the worker). The worker starts with the first batch.
+ *   arrays. Rows are posted at most POST_MS after they end (or once POST_ROWS wait), so they die
+ *   young in this thread's heap: spans held here for the whole schedule delay were promoted to
+ *   the old generation and made its slow mark-compacts more frequent. Batching reads the
+ *   BatchSpanProcessor's variables with its meaning: OTEL_BSP_MAX_QUEUE_SIZE (spans not yet
+ *   exported, here or in the worker; past it new spans are dropped and counted),
+ *   OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY and OTEL_BSP_EXPORT_TIMEOUT (both
+ *   applied in the worker). The worker starts with the first spans.
  * - ProcessorSink turns rows into ReadableSpans for SDK span processors (the console exporter,
  *   tests' in-memory exporters), on the calling thread.
  */
@@ -46,6 +49,10 @@ export interface WorkerSinkOptions {
 }
 
 const WORKER_FILE = path.join(__dirname, 'span-export-worker.js');
+/** Rows are posted to the worker this long after the first of them ended, at the latest. */
+const POST_MS = 20;
+/** ... or as soon as this many wait. */
+const POST_ROWS = 128;
 
 export class WorkerSpanSink implements SpanSink {
   private readonly maxQueueSize: number;
@@ -54,13 +61,13 @@ export class WorkerSpanSink implements SpanSink {
   private readonly exportTimeoutMs: number;
   private readonly env: NodeJS.ProcessEnv;
   private buffer: SpanRow[] = [];
-  /** Spans posted to the worker and not yet acknowledged. */
+  /** Spans posted to the worker and not yet exported (or failed). */
   private inWorker = 0;
   private worker: Worker | null = null;
   private workerError: Error | null = null;
   private timer: NodeJS.Timeout | null = null;
   private nextId = 1;
-  private readonly pending = new Map<number, (reply: ToMain) => void>();
+  private readonly pending = new Map<number, () => void>();
   private closing: Promise<void> | null = null;
   private readonly counts: SpanExportStats = { exported: 0, failed: 0, dropped: 0 };
   private warnedDrop = false;
@@ -85,12 +92,12 @@ export class WorkerSpanSink implements SpanSink {
       return;
     }
     for (const row of rows) this.buffer.push(row);
-    if (this.buffer.length >= this.maxBatch) this.send();
+    if (this.buffer.length >= POST_ROWS) this.send();
     else if (!this.timer) {
       this.timer = setTimeout(() => {
         this.timer = null;
         this.send();
-      }, this.delayMs);
+      }, POST_MS);
       this.timer.unref();
     }
   }
@@ -135,24 +142,26 @@ export class WorkerSpanSink implements SpanSink {
       this.drop(rows.length);
       return;
     }
-    const worker = this.ensureWorker();
-    const id = this.nextId++;
+    this.ensureWorker().postMessage({ type: 'rows', rows } satisfies ToWorker);
     this.inWorker += rows.length;
-    this.pending.set(id, (reply) => {
-      this.inWorker -= rows.length;
-      if (reply.type === 'exported' && reply.ok) this.counts.exported += rows.length;
-      else {
-        this.counts.failed += rows.length;
-        diag.warn(`span export failed: ${reply.type === 'exported' ? reply.error : 'the worker stopped'}`);
-      }
-    });
-    worker.postMessage({ type: 'export', id, rows } satisfies ToWorker);
+  }
+
+  /** An export's outcome, from the worker. */
+  private exported(count: number, ok: boolean, error?: string): void {
+    this.inWorker -= count;
+    if (ok) this.counts.exported += count;
+    else {
+      this.counts.failed += count;
+      diag.warn(`span export failed: ${error ?? 'unknown error'}`);
+    }
   }
 
   private ensureWorker(): Worker {
     if (this.worker) return this.worker;
     const init: WorkerInit = {
       protocol: this.options.protocol,
+      maxBatch: this.maxBatch,
+      delayMs: this.delayMs,
       exportTimeoutMs: this.exportTimeoutMs,
       resource: this.options.resource,
       scope: this.options.scope,
@@ -161,20 +170,26 @@ export class WorkerSpanSink implements SpanSink {
     const worker = new Worker(WORKER_FILE, { workerData: init, env: this.env });
     worker.unref();
     worker.on('message', (reply: ToMain) => {
+      if (reply.type === 'exported') {
+        this.exported(reply.count, reply.ok, reply.error);
+        return;
+      }
       const done = this.pending.get(reply.id);
-      if (!done) return;
       this.pending.delete(reply.id);
-      done(reply);
+      done?.();
     });
     const fail = (err: Error) => {
-      this.workerError ??= err;
+      if (this.workerError) return;
+      this.workerError = err;
+      // Spans in the worker are lost with it.
+      if (this.inWorker > 0) this.exported(this.inWorker, false, err.message);
       const waiting = [...this.pending.values()];
       this.pending.clear();
-      for (const done of waiting) done({ type: 'exported', id: 0, ok: false, error: err.message });
+      for (const done of waiting) done();
     };
     worker.on('error', fail);
     worker.on('exit', (code) => {
-      if (this.pending.size > 0 || (!this.closing && code !== 0)) fail(new Error(`span export worker exited with code ${code}`));
+      if (this.pending.size > 0 || this.inWorker > 0 || (!this.closing && code !== 0)) fail(new Error(`span export worker exited with code ${code}`));
     });
     this.worker = worker;
     return worker;

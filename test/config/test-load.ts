@@ -20,6 +20,18 @@ describe('config load', () => {
     );
   });
 
+  it('when tracing.sample_ratio is set, then 0..1 and null pass and anything else is refused with its path', () => {
+    assert.equal(parseConfigText('').tracing.sample_ratio, null);
+    assert.equal(parseConfigText('tracing: {sample_ratio: 0.25}\n').tracing.sample_ratio, 0.25);
+    for (const bad of ['1.5', '-0.1', '"half"']) {
+      assert.throws(
+        () => parseConfigText(`tracing: {sample_ratio: ${bad}}\n`),
+        (e: unknown) => e instanceof ConfigError && e.issues.some((i) => i.startsWith('tracing.sample_ratio:')),
+        bad,
+      );
+    }
+  });
+
   it('when a key is unknown, then it is refused (a typo never passes silently)', () => {
     assert.throws(() => parseConfigText('pipelines:\n  default:\n    stages:\n      Ann:\n        kk: 3\n'), ConfigError);
   });

@@ -135,6 +135,20 @@ describe('RequestTracer', () => {
     assert.equal(ids.size, sink.rows.length);
   });
 
+  it('when the sample ratio is set, then it replaces the configured sampler for new traces, and null restores it', () => {
+    const sink = new Collect();
+    const tracer = new RequestTracer(new AlwaysOffSampler(), sink);
+    assert.equal(tracer.startRpc('s', 'M', ROOT_CONTEXT, 1), null);
+    tracer.setSampleRatio(1);
+    assert.ok(tracer.startRpc('s', 'M', ROOT_CONTEXT, 1));
+    tracer.setSampleRatio(0);
+    assert.equal(tracer.startRpc('s', 'M', ROOT_CONTEXT, 1), null);
+    const sampledCaller = trace.setSpanContext(ROOT_CONTEXT, { traceId: CALLER_TRACE, spanId: CALLER_SPAN, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+    assert.ok(tracer.startRpc('s', 'M', sampledCaller, 1), 'ParentBased: the caller sampled it');
+    tracer.setSampleRatio(null);
+    assert.equal(tracer.startRpc('s', 'M', sampledCaller, 1), null, 'AlwaysOff again');
+  });
+
   it('when a stage reports after its call ended, then its span is emitted on its own and still names the server span as parent', () => {
     const sink = new Collect();
     const t = new RequestTracer(new AlwaysOnSampler(), sink).startRpc('s', 'M', ROOT_CONTEXT, 1)!;

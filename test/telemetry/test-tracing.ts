@@ -7,6 +7,7 @@ import { strict as assert } from 'node:assert';
 import * as grpc from '@grpc/grpc-js';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { AlwaysOnSampler, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { configSchema } from '../../src/config/schema';
 import { packageVersion } from '../../src/main';
 import { TracingConfigError, initTracing } from '../../src/telemetry/tracing';
 import { row } from '../fixtures/catalog';
@@ -137,6 +138,25 @@ describe('tracing', () => {
       assert.equal(server.parentSpanContext?.isRemote, true);
       assert.equal(children.length, STAGES.length);
       for (const c of children) assert.equal(c.spanContext().traceId, traceId, c.name);
+    });
+
+    it("when a reload sets tracing.sample_ratio to 0, then new traces stop (a caller's sampled traceparent is still followed) until it is 1 again", async () => {
+      const before = s.running.server.config;
+      try {
+        s.running.server.config = configSchema.parse({ ...before, tracing: { sample_ratio: 0 } });
+        await s.retrieval.retrieve({ user_embedding: embedding(4) });
+        assert.equal((await spans()).length, 0);
+        const md = new grpc.Metadata();
+        md.set('traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01');
+        await s.retrieval.retrieve({ user_embedding: embedding(4) }, { metadata: md });
+        assert.equal(split(await spans()).children.length, STAGES.length);
+        exporter.reset();
+        s.running.server.config = configSchema.parse({ ...before, tracing: { sample_ratio: 1 } });
+        await s.retrieval.retrieve({ user_embedding: embedding(4) });
+        assert.equal(split(await spans()).children.length, STAGES.length);
+      } finally {
+        s.running.server.config = before;
+      }
     });
 
     it('when the traceparent is malformed, then the server span starts a new trace', async () => {
