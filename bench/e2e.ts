@@ -15,6 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import * as grpc from '@grpc/grpc-js';
+import * as YAML from 'yaml';
 import { decodeRetrieveRequest, encodeRetrieveRequest } from '../src/grpc/codec';
 import { protoRoot } from '../src/grpc/proto';
 import { defaultProcs, E2E_USAGE, E2eBenchOptions, parseE2eArgs } from './lib/e2e-args';
@@ -46,7 +47,17 @@ const log = progressLog();
 
 /** One printed and JSON-emitted row. */
 interface E2eRow {
-  phase: 'health-max' | 'retrieve-max' | 'retrieve-rate' | 'traced-health-max' | 'traced-max' | 'traced-rate';
+  phase:
+    | 'health-max'
+    | 'retrieve-max'
+    | 'retrieve-rate'
+    | 'traced-health-max'
+    | 'traced-max'
+    | 'traced-rate'
+    | 'paired-off-max'
+    | 'paired-on-max'
+    | 'paired-off-rate'
+    | 'paired-on-rate';
   method: string;
   /** Requests per second asked for; null for the closed-loop (maximum throughput) phases. */
   target_qps: number | null;
@@ -97,6 +108,14 @@ function freePort(): Promise<number> {
       srv.close(() => resolve(addr.port));
     });
   });
+}
+
+/** The median of `xs` (NaN when empty). */
+function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const v = [...xs].sort((a, b) => a - b);
+  const mid = v.length >> 1;
+  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
 }
 
 /** Whether `funnel serve` accepts an option (the metrics endpoint is newer than this benchmark). */
@@ -462,8 +481,24 @@ async function main(argv: string[]): Promise<number> {
         OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`,
         OTEL_TRACES_SAMPLER: 'always_on',
       };
+      // The traced server reads a config of its own: the paired rounds below set
+      // tracing.sample_ratio in it and reload.
+      const configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'funnel-bench-e2e-'));
+      const configFile = path.join(configDir, 'funnel.yaml');
+      const baseConfig = (opts.config !== undefined ? (YAML.parse(fs.readFileSync(opts.config, 'utf8')) ?? {}) : {}) as Record<string, unknown>;
+      let configSeq = 0;
+      const writeConfig = (ratio: number) => {
+        const doc = { ...baseConfig, version: `bench-e2e-sampling-${ratio}-${++configSeq}`, tracing: { ...((baseConfig.tracing as object) ?? {}), sample_ratio: ratio } };
+        fs.writeFileSync(`${configFile}.tmp`, YAML.stringify(doc));
+        fs.renameSync(`${configFile}.tmp`, configFile);
+      };
+      writeConfig(1);
+      const tArgs = [...serverArgs];
+      const at = tArgs.indexOf('--config');
+      if (at >= 0) tArgs.splice(at, 2);
+      tArgs.push('--config', configFile);
       log(`restarting funnel serve with tracing: 100% sampling, OTLP/HTTP to 127.0.0.1:${receiver.port}`);
-      const tServer = await ServerProcess.start(mainJs, serverArgs, SERVER_START_TIMEOUT_MS, env);
+      const tServer = await ServerProcess.start(mainJs, tArgs, SERVER_START_TIMEOUT_MS, env);
       running.server = tServer;
       const tAddress = `127.0.0.1:${tServer.banner.port}`;
       const tGenerators = await LoadGenPool.start(procs, (i) => ({ address: tAddress, channels: opts.channels, requests: pool, timeoutMs: opts.timeoutMs, generator: i }));
@@ -483,7 +518,28 @@ async function main(argv: string[]): Promise<number> {
         log(`  ${grouped(row.achieved_qps)} QPS, p50 ${fixed(row.p50_ms ?? undefined, 2)} ms, p99 ${fixed(row.p99_ms ?? undefined, 2)} ms, errors ${describeErrors(m)}`);
         await sleep(PHASE_GAP_MS);
       }
+      // Paired rounds on this one process: restarts differ from each other by more than the
+      // cost measured (the maximum of a fresh server moved by 15% between runs here), so the
+      // verdict compares sampling 0 and 1 on the same heap, alternating which goes first.
+      for (let round = 0; round < opts.tracingRounds; round++) {
+        const order = round % 2 === 0 ? [0, 1] : [1, 0];
+        for (const ratio of order) {
+          await tServer.reloadAfter(() => writeConfig(ratio));
+          log(`round ${round + 1}/${opts.tracingRounds}: tracing.sample_ratio ${ratio}`);
+          for (const p of [
+            { phase: ratio === 0 ? ('paired-off-max' as const) : ('paired-on-max' as const), rate: undefined },
+            { phase: ratio === 0 ? ('paired-off-rate' as const) : ('paired-on-rate' as const), rate: tracingRate },
+          ]) {
+            const { row, merged: m } = await runPhase(tGenerators, tServer, opts, p.phase, RETRIEVE_METHOD, p.rate);
+            rows.push(row);
+            merged.push(m);
+            log(`  ${p.phase}: ${grouped(row.achieved_qps)} QPS, p99 ${fixed(row.p99_ms ?? undefined, 2)} ms, server CPU ${fixed(row.server_cpu_cores ?? undefined, 2)}, errors ${describeErrors(m)}`);
+            await sleep(PHASE_GAP_MS);
+          }
+        }
+      }
       const exit = await cleanup();
+      fs.rmSync(configDir, { recursive: true, force: true });
       traced = { spans: receiver.received(), exit };
     } finally {
       await receiver.close();
@@ -529,8 +585,25 @@ async function main(argv: string[]): Promise<number> {
       `  Tracing at 100% sampling (OTLP/HTTP to loopback; ${traced.spans.requests} export requests, ${mebibytes(traced.spans.bytes)} MiB received): ` +
         `max throughput ${grouped(offMax?.achieved_qps)} -> ${grouped(onMax?.achieved_qps)} QPS, cost ${cost === undefined ? '-' : `${fixed(cost * 100, 1)}%`} ` +
         `(target <= 10%)${cost === undefined ? '' : `: ${verdict(cost <= 0.1)}`}; ` +
-        `p99 at ${tracingRate}/s ${fixed(offRate?.p99_ms ?? undefined, 2)} -> ${fixed(onRate?.p99_ms ?? undefined, 2)} ms`,
+        `p99 at ${tracingRate}/s ${fixed(offRate?.p99_ms ?? undefined, 2)} -> ${fixed(onRate?.p99_ms ?? undefined, 2)} ms` +
+        (opts.tracingRounds > 0 ? ' (two processes: informative only; the paired rounds below decide)' : ''),
     );
+    if (opts.tracingRounds > 0) {
+      const pick = (phase: E2eRow['phase']) => rows.filter((r) => r.phase === phase);
+      const offQps = median(pick('paired-off-max').map((r) => r.achieved_qps));
+      const onQps = median(pick('paired-on-max').map((r) => r.achieved_qps));
+      const offCpu = median(pick('paired-off-rate').map((r) => ((r.server_cpu_cores ?? NaN) / Math.max(r.achieved_qps, 1)) * 1000));
+      const onCpu = median(pick('paired-on-rate').map((r) => ((r.server_cpu_cores ?? NaN) / Math.max(r.achieved_qps, 1)) * 1000));
+      const offP99 = median(pick('paired-off-rate').map((r) => r.p99_ms ?? NaN));
+      const onP99 = median(pick('paired-on-rate').map((r) => r.p99_ms ?? NaN));
+      const cost = offQps > 0 ? 1 - onQps / offQps : NaN;
+      console.log(
+        `  Tracing, paired on one server (tracing.sample_ratio 0 vs 1 by reload, ${opts.tracingRounds} rounds, medians): ` +
+          `max throughput ${grouped(offQps)} -> ${grouped(onQps)} QPS, cost ${fixed(cost * 100, 1)}% (target <= 10%): ${verdict(cost <= 0.1)}; ` +
+          `at ${tracingRate}/s server CPU ${fixed(offCpu, 2)} -> ${fixed(onCpu, 2)} ms per call (${fixed((onCpu / offCpu - 1) * 100, 1)}%), ` +
+          `p99 ${fixed(offP99, 2)} -> ${fixed(onP99, 2)} ms`,
+      );
+    }
   }
   console.log(
     `Server memory: RSS ${mebibytes(memLoaded.rss)} MiB once loaded, ${mebibytes(memEnd.rss)} MiB at the end, ` +

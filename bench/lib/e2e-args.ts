@@ -21,6 +21,8 @@ export interface E2eBenchOptions {
   maxOutstanding: number;
   /** Fixed rate of the traced comparison (undefined: the lowest of `rates`; 0: no comparison). */
   tracingRate?: number;
+  /** Paired rounds on the traced server: sampling 0 and 1 by config reload, alternated (0: none). */
+  tracingRounds: number;
   /** gRPC channels (separate connections) per load generator process. */
   channels: number;
   /** Load generator processes; undefined = chosen from the core count. */
@@ -73,7 +75,18 @@ tracing
                         the Health and Retrieve maximum-throughput phases (the Health one, so both
                         servers have the same history before Retrieve) and the fixed rate R
                         (default: the lowest of --rates); 0 skips the tracing comparison
+  --tracing-rounds N    then, on that same server, N paired rounds of the maximum-throughput
+                        phase and the rate R with tracing.sample_ratio 0 and 1 set by config
+                        reload (alternating which goes first), so both sides run on one process
+                        (default 3; 0 for none). The verdict uses their medians
 `;
+
+/** `raw` as an integer >= 0, `fallback` when absent; throws naming `--name` otherwise. */
+function wholeNumber(name: string, raw: string | undefined, fallback: number): number {
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw.trim())) throw new Error(`--${name} must be a whole number, got "${raw}"`);
+  return Number(raw);
+}
 
 function positiveNumber(name: string, raw: string | undefined, fallback: number, allowZero = false): number {
   if (raw === undefined) return fallback;
@@ -113,6 +126,7 @@ export function parseE2eArgs(argv: readonly string[]): E2eBenchOptions {
       channels: { type: 'string' },
       procs: { type: 'string' },
       'tracing-rate': { type: 'string' },
+      'tracing-rounds': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -134,6 +148,7 @@ export function parseE2eArgs(argv: readonly string[]): E2eBenchOptions {
     seed: Number(seedRaw),
     rates: rateList(values.rates, [250, 500, 1000, 1500, 2000]),
     tracingRate: values['tracing-rate'] === undefined ? undefined : positiveNumber('tracing-rate', values['tracing-rate'], 0, true),
+    tracingRounds: wholeNumber('tracing-rounds', values['tracing-rounds'], 3),
     seconds: positiveNumber('seconds', values.seconds, 10),
     warmupSeconds: positiveNumber('warmup-seconds', values['warmup-seconds'], 2, true),
     concurrency,

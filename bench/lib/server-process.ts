@@ -31,6 +31,8 @@ const WARN = 40;
 interface Watch {
   tail: string[];
   problems: Map<string, number>;
+  /** Called with every JSON log record (reload() waits on these). */
+  listeners: Set<(rec: { level?: number; msg?: string }) => void>;
   exit?: { code: number | null; signal: NodeJS.Signals | null };
 }
 
@@ -56,7 +58,7 @@ export class ServerProcess {
    */
   static start(mainJs: string, args: readonly string[], timeoutMs: number, env?: NodeJS.ProcessEnv): Promise<ServerProcess> {
     const child = spawn(process.execPath, [mainJs, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
-    const watch: Watch = { tail: [], problems: new Map() };
+    const watch: Watch = { tail: [], problems: new Map(), listeners: new Set() };
     child.on('exit', (code, signal) => {
       watch.exit = { code, signal };
     });
@@ -65,6 +67,7 @@ export class ServerProcess {
       if (watch.tail.length > 40) watch.tail.shift();
       try {
         const rec = JSON.parse(line) as { level?: number; msg?: string };
+        for (const l of watch.listeners) l(rec);
         if (typeof rec.level === 'number' && rec.level >= WARN) {
           const key = `${rec.level >= 50 ? 'error' : 'warn'}: ${rec.msg ?? line.slice(0, 120)}`;
           watch.problems.set(key, (watch.problems.get(key) ?? 0) + 1);
@@ -115,6 +118,35 @@ export class ServerProcess {
   /** The last lines of its stderr. */
   get stderrTail(): string[] {
     return [...this.watch.tail];
+  }
+
+  /**
+   * Calls `write` (which changes the server's --config file), then sends SIGHUP. Resolves once the
+   * server logs that the new config serves (its file watcher may get there before the signal);
+   * rejects when it refuses the file or says nothing within `timeoutMs`.
+   */
+  reloadAfter(write: () => void, timeoutMs = 10_000): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        this.watch.listeners.delete(listener);
+        if (err) reject(err);
+        else resolve();
+      };
+      const listener = (rec: { msg?: string }) => {
+        if (rec.msg === 'config reloaded') done();
+        else if (rec.msg?.startsWith('config refused')) done(new Error(`funnel serve refused the config: ${JSON.stringify(rec)}`));
+      };
+      const timer = setTimeout(() => done(new Error(`funnel serve did not report a reload within ${timeoutMs} ms of SIGHUP`)), timeoutMs);
+      this.watch.listeners.add(listener);
+      try {
+        write();
+      } catch (err) {
+        done(err as Error);
+        return;
+      }
+      this.child.kill('SIGHUP');
+    });
   }
 
   /** SIGTERM (the server drains), then SIGKILL after `graceMs`; resolves with how it exited. */
