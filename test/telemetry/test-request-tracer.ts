@@ -33,18 +33,18 @@ const CALLER_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 const CALLER_SPAN = '00f067aa0ba902b7';
 
 describe('RequestTracer', () => {
-  it('when a call is sampled, then its stage spans and server span are emitted together at its end, children of the server span', () => {
+  it('when a call is sampled, then each stage span is emitted as it ends and the server span at the end, the stages its children', () => {
     const sink = new Collect();
     const t = new RequestTracer(new AlwaysOnSampler(), sink).startRpc('funnel.v1.Retrieval', 'Retrieve', ROOT_CONTEXT, 50051)!;
     assert.ok(t);
     const obs = t.stageObserver();
     obs.start('Ann', undefined as never)(report('Ann', { detail: { plan: 'graph', allowed: 12 } }));
     obs.start('Merge', undefined as never)(report('Merge', { status: 'timeout', error: 'stage Merge took over 20 ms' }));
-    assert.equal(sink.batches.length, 0, 'nothing before the call ends');
+    assert.equal(sink.batches.length, 2, 'a stage span leaves as it ends');
     t.setAttributes({ 'funnel.pipeline': 'default' });
     t.end(0, 'OK');
     t.end(13, 'INTERNAL');
-    assert.equal(sink.batches.length, 1, 'one emit per call, end() twice is a no-op');
+    assert.equal(sink.batches.length, 3, 'end() twice is a no-op');
     const [ann, merge, server] = sink.rows;
     assert.match(server[Col.TraceId], /^[0-9a-f]{32}$/);
     assert.match(server[Col.SpanId], /^[0-9a-f]{16}$/);
@@ -149,7 +149,7 @@ describe('RequestTracer', () => {
     assert.equal(tracer.startRpc('s', 'M', sampledCaller, 1), null, 'AlwaysOff again');
   });
 
-  it('when a stage reports after its call ended, then its span is emitted on its own and still names the server span as parent', () => {
+  it('when a stage reports after its call ended, then its span is still emitted and names the server span as parent', () => {
     const sink = new Collect();
     const t = new RequestTracer(new AlwaysOnSampler(), sink).startRpc('s', 'M', ROOT_CONTEXT, 1)!;
     const late = t.stageObserver().start('Ann', undefined as never);

@@ -219,8 +219,10 @@ std::vector<Scored> HnswIndex::search_layer(const float* q, uint32_t ep, uint32_
     Scored c = cand.top();
     if (top.full() && c.dist > top.worst()) break;
     cand.pop();
+    if (level == 0 && !cand.empty()) prefetch_lines(links0_.data() + size_t(cand.top().id) * (M0_ + 1), (M0_ + 1) * sizeof(uint32_t));
     const uint32_t* blk = links(c.id, level);
     uint32_t n = std::min(load_acquire(blk), maxl);
+    for (uint32_t i = 0; i < n; ++i) prefetch(s.marks.data() + std::min<size_t>(load_relaxed(blk + 1 + i), s.marks.size() - 1));
     s.batch.clear();
     for (uint32_t i = 0; i < n; ++i) {
       uint32_t nb = load_relaxed(blk + 1 + i);
@@ -518,8 +520,13 @@ void HnswIndex::graph_search(const float* q, const SearchParams& sp, QueryResult
     Scored c = cand.top();
     if (top.full() && c.dist > top.worst()) break;
     cand.pop();
+    // The next candidate's neighbour list arrives while this one's neighbours are scored; and
+    // the visited marks of this list are fetched together rather than one dependent miss at a
+    // time (the marks of 1M ids span 2 MiB).
+    if (!cand.empty()) prefetch_lines(links0_.data() + size_t(cand.top().id) * (M0_ + 1), (M0_ + 1) * sizeof(uint32_t));
     const uint32_t* blk = links0_.data() + size_t(c.id) * (M0_ + 1);
     uint32_t n = std::min(load_acquire(blk), M0_);
+    for (uint32_t i = 0; i < n; ++i) prefetch(s.marks.data() + std::min<size_t>(load_relaxed(blk + 1 + i), s.marks.size() - 1));
     s.batch.clear();
     for (uint32_t i = 0; i < n; ++i) {
       uint32_t nb = load_relaxed(blk + 1 + i);
