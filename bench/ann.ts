@@ -559,7 +559,7 @@ function main(): void {
   }
 
   let keptHnswlib: { subject: HnswlibSubject; build: BuildReport } | undefined;
-  if (!opts.skipPeers) {
+  if (opts.peers.includes('hnswlib')) {
     {
       const subject = new HnswlibSubject(ds.dim, opts.metric, params);
       log(`${subject.name}: build (1 thread)`);
@@ -570,6 +570,8 @@ function main(): void {
       if (opts.filtered) keptHnswlib = { subject, build };
       collectGarbage();
     }
+  }
+  if (opts.peers.includes('usearch')) {
     {
       const subject = new UsearchSubject(ds.dim, opts.metric, params);
       log(`${subject.name}: build (1 thread)`);

@@ -34,6 +34,8 @@ export interface AnnBenchOptions {
   quantized: boolean;
   maxQueries?: number;
   skipPeers: boolean;
+  /** Peers to build and compare against (subset of PEERS); empty with --skip-peers. */
+  peers: string[];
   /** Least time of timed passes per measured row, seconds. */
   minSeconds: number;
   help: boolean;
@@ -61,6 +63,8 @@ search
   --threads T             build threads of our index (default 1; peers build on 1; T > 1 reports both)
   --quantized             add our int8 index
   --skip-peers            only our indexes
+  --peers LIST            peers to compare against: hnswlib, usearch (default both; at 1M usearch's
+                          build alone takes about 16 minutes here)
   --min-seconds S         least timed seconds per row (default 1)
 filtered
   --filtered              add the filtered table (allowed fractions 50%, 10%, 1%, 0.1%)
@@ -83,6 +87,17 @@ function intList(name: string, raw: string | undefined, fallback: number[]): num
   if (raw === undefined) return fallback;
   const values = raw.split(',').map((part) => positiveInt(name, part, 0));
   return [...new Set(values)].sort((a, b) => a - b);
+}
+
+/** The peers bench:ann knows. */
+export const PEERS = ['hnswlib', 'usearch'] as const;
+
+function peerList(raw: string | undefined): string[] {
+  if (raw === undefined) return [...PEERS];
+  const names = [...new Set(raw.split(',').map((s) => s.trim()).filter((s) => s !== ''))];
+  for (const n of names) if (!(PEERS as readonly string[]).includes(n)) throw new Error(`--peers: unknown peer "${n}" (known: ${PEERS.join(', ')})`);
+  if (names.length === 0) throw new Error('--peers needs at least one name (or use --skip-peers)');
+  return names;
 }
 
 /** Parses and validates argv (without node and script); throws an Error naming the offending option. */
@@ -113,6 +128,7 @@ export function parseAnnArgs(argv: readonly string[]): AnnBenchOptions {
       quantized: { type: 'boolean' },
       'max-queries': { type: 'string' },
       'skip-peers': { type: 'boolean' },
+      peers: { type: 'string' },
       'min-seconds': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -164,6 +180,7 @@ export function parseAnnArgs(argv: readonly string[]): AnnBenchOptions {
     quantized: values.quantized === true,
     maxQueries: values['max-queries'] === undefined ? undefined : positiveInt('max-queries', values['max-queries'], 0),
     skipPeers: values['skip-peers'] === true,
+    peers: values['skip-peers'] === true ? [] : peerList(values.peers),
     minSeconds,
     help,
   };

@@ -14,7 +14,16 @@ describe('bench:ann command line', () => {
     assert.equal(o.filtered, false);
     assert.equal(o.quantized, false);
     assert.equal(o.skipPeers, false);
+    assert.deepEqual(o.peers, ['hnswlib', 'usearch']);
     assert.equal(o.maxQueries, undefined);
+  });
+
+  it('when --peers names some peers, then only those are built; --skip-peers builds none; an unknown name throws', () => {
+    assert.deepEqual(parseAnnArgs(['--generate', '10', '--peers', 'hnswlib']).peers, ['hnswlib']);
+    assert.deepEqual(parseAnnArgs(['--generate', '10', '--peers', 'usearch, hnswlib,usearch']).peers, ['usearch', 'hnswlib']);
+    assert.deepEqual(parseAnnArgs(['--generate', '10', '--skip-peers']).peers, []);
+    assert.throws(() => parseAnnArgs(['--generate', '10', '--peers', 'faiss']), /--peers: unknown peer "faiss"/);
+    assert.throws(() => parseAnnArgs(['--generate', '10', '--peers', ',']), /--peers needs at least one/);
   });
 
   it('when options are given, then they are parsed and ef lists are sorted and deduplicated', () => {
