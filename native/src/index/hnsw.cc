@@ -17,6 +17,8 @@ constexpr uint32_t kMaxLevel = 32;
 constexpr double kTwoHopBelow = 0.3;
 // Allowed sets up to this share of the index are scanned exactly (see search()).
 constexpr double kScanBelowShare = 0.02;
+// A filtered graph walk widens its beam by sqrt(0.5 / allowed share), at most this many times.
+constexpr double kMaxFilterEfBoost = 3.0;
 
 // File sections and header params.
 enum Section : uint32_t { kLevels = 1, kDeleted, kLinks0, kVectors, kUpper, kCodes, kCodeAdd, kQMean };
@@ -476,8 +478,15 @@ void HnswIndex::graph_search(const float* q, const SearchParams& sp, QueryResult
     f.bits = s.bits.data();
     f.bit_words = s.bits.size();
   }
-  const bool two_hop =
-      f.active && double(f.allowed_count()) < kTwoHopBelow * double(std::max<size_t>(size(), 1));
+  const double share = f.active ? double(f.allowed_count()) / double(std::max<size_t>(size(), 1)) : 1.0;
+  const bool two_hop = f.active && share < kTwoHopBelow;
+  // A filtered walk admits only allowed ids to its beam, so at a low share it stops after
+  // seeing far fewer nodes than an unfiltered walk with the same ef: at 10% allowed of 1M, ef 64
+  // gave recall@10 0.938. The beam widens as the share falls (x2.2 at 10%, x1 from 50%).
+  if (f.active) {
+    const double boost = std::min(kMaxFilterEfBoost, std::max(1.0, std::sqrt(0.5 / std::max(share, 1e-9))));
+    ef = uint32_t(std::min(65536.0, std::ceil(double(ef) * boost)));
+  }
 
   uint32_t ep = uint32_t(entry);
   float ep_d = dist_query(q, ep);
