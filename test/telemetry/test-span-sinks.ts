@@ -10,7 +10,7 @@ import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { SpanRow } from '../../src/telemetry/span-row';
-import { ProcessorSink, WorkerSpanSink } from '../../src/telemetry/span-sinks';
+import { ProcessorSink, WorkerSpanSink, type WorkerSinkOptions } from '../../src/telemetry/span-sinks';
 
 function rows(n: number, name = 'funnel.stage Ann'): SpanRow[] {
   const now = performance.now();
@@ -57,63 +57,62 @@ async function receiver(status = 200): Promise<{ url: string; bodies: Buffer[]; 
 const resource = { attributes: { 'service.name': 'funnel-test' } };
 const scope = { name: 'funnel', version: '0.0.0' };
 
+/**
+ * Runs `fn` with a sink exporting OTLP/HTTP protobuf to a receiver answering `status`, then shuts
+ * both down. The schedule delay is long, so only a full batch or a flush sends.
+ */
+async function withSink(
+  status: number,
+  options: Partial<Pick<WorkerSinkOptions, 'maxQueueSize' | 'maxExportBatchSize'>>,
+  fn: (sink: WorkerSpanSink, r: Awaited<ReturnType<typeof receiver>>) => Promise<void>,
+): Promise<void> {
+  const r = await receiver(status);
+  const sink = new WorkerSpanSink({ protocol: 'http/protobuf', resource, scope, env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: r.url }, scheduledDelayMillis: 60_000, ...options });
+  try {
+    await fn(sink, r);
+  } finally {
+    await sink.shutdown();
+    await r.close();
+  }
+}
+
 describe('WorkerSpanSink', () => {
   it('when rows are emitted and flushed, then the receiver gets them as OTLP protobuf from the worker and they count as exported', async () => {
-    const r = await receiver();
-    const sink = new WorkerSpanSink({ protocol: 'http/protobuf', resource, scope, env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: r.url }, scheduledDelayMillis: 60_000 });
-    try {
+    await withSink(200, {}, async (sink, r) => {
       sink.emit(rows(5, 'span-one'));
       sink.emit(rows(3, 'span-two'));
       await sink.forceFlush();
       assert.deepEqual(sink.stats(), { exported: 8, failed: 0, dropped: 0 });
       const all = Buffer.concat(r.bodies);
       for (const text of ['span-one', 'span-two', 'funnel-test']) assert.ok(all.includes(Buffer.from(text)), `no ${text} in the export`);
-    } finally {
-      await sink.shutdown();
-      await r.close();
-    }
+    });
   });
 
   it('when the batch size is reached, then the batch is sent without waiting for the schedule', async () => {
-    const r = await receiver();
-    const sink = new WorkerSpanSink({ protocol: 'http/protobuf', resource, scope, env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: r.url }, maxExportBatchSize: 4, scheduledDelayMillis: 60_000 });
-    try {
+    await withSink(200, { maxExportBatchSize: 4 }, async (sink, r) => {
       sink.emit(rows(4));
       for (let i = 0; i < 200 && sink.stats().exported < 4; i++) await new Promise((resolve) => setTimeout(resolve, 25));
       assert.equal(sink.stats().exported, 4);
       assert.equal(r.bodies.length, 1);
-    } finally {
-      await sink.shutdown();
-      await r.close();
-    }
+    });
   });
 
   it('when more spans wait than the queue holds, then the excess is dropped and counted, the rest exported', async () => {
-    const r = await receiver();
-    const sink = new WorkerSpanSink({ protocol: 'http/protobuf', resource, scope, env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: r.url }, maxQueueSize: 10, scheduledDelayMillis: 60_000 });
-    try {
+    await withSink(200, { maxQueueSize: 10 }, async (sink, r) => {
       sink.emit(rows(6));
       sink.emit(rows(6)); // would make 12 > 10: the whole call is dropped
       sink.emit(rows(4));
       await sink.forceFlush();
       assert.deepEqual(sink.stats(), { exported: 10, failed: 0, dropped: 6 });
-    } finally {
-      await sink.shutdown();
-      await r.close();
-    }
+    });
   });
 
   it('when the receiver refuses the export, then the spans count as failed and shutdown still resolves', async () => {
-    const r = await receiver(400);
-    const sink = new WorkerSpanSink({ protocol: 'http/protobuf', resource, scope, env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: r.url }, scheduledDelayMillis: 60_000 });
-    try {
+    await withSink(400, {}, async (sink, r) => {
       sink.emit(rows(3));
       await sink.forceFlush();
       assert.deepEqual(sink.stats(), { exported: 0, failed: 3, dropped: 0 });
-    } finally {
-      await sink.shutdown();
-      await r.close();
-    }
+    });
   });
 
   it('when no span was emitted, then shutdown resolves without a worker and later emits are ignored', async () => {
