@@ -105,10 +105,7 @@ export async function start(options: StartOptions): Promise<Running> {
   metrics.attach({
     inFlight: () => server.inFlightCount,
     eventLoopLagMs: () => server.eventLoopLagMs,
-    sizes: () => {
-      const s = server.servingState?.sizes();
-      return s ? { ads: s.ads, servable: s.servable, annVectors: s.annVectors, annBytes: s.annBytes, targeting: s.targeting, targetingBytes: s.targetingBytes } : null;
-    },
+    sizes: () => server.servingState?.sizes() ?? null,
     configVersion: () => server.config.version,
     dataSeq: () => server.servingState?.seq ?? null,
     traceSpans: () => tracing.spanStats(),

@@ -318,12 +318,7 @@ export class FunnelServer {
       const deadlineMs = Number.isFinite(callDeadline) ? callDeadline : Date.now() + config.limits.default_deadline_ms;
       const metrics = this.telemetry.metrics;
       const recordStage = metrics ? (r: StageReport) => metrics.stage(query.pipeline, r) : undefined;
-      const telemetryObserver =
-        t
-          ? t.stageObserver(recordStage)
-          : recordStage
-            ? { start: () => recordStage }
-            : undefined;
+      const telemetryObserver = t ? t.stageObserver(recordStage) : recordStage ? { start: () => recordStage } : undefined;
       // Passing an observer replaces the funnel's default (hooks.observer): keep both.
       const observer = telemetryObserver && this.hooks.observer ? bothObservers(this.hooks.observer, telemetryObserver) : telemetryObserver;
       if (t) {

@@ -98,11 +98,6 @@ export class RequestTracer {
     this.sampler = ratio === null ? this.configured : new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
   }
 
-  /** The sampler in use, as the SDK describes it. */
-  get samplerDescription(): string {
-    return this.sampler.toString();
-  }
-
   /**
    * The trace of a call whose caller's context (from its traceparent) is `parent`; null when the
    * sampler drops it (then nothing of the call is recorded). Attributes are the SERVER span's

@@ -36,7 +36,7 @@ function run(port: NonNullable<typeof parentPort>, init: WorkerInit): void {
   const exporter = createOtlpExporter(init.protocol);
   const resource = resourceFromAttributes(init.resource.attributes as Attributes, init.resource.schemaUrl ? { schemaUrl: init.resource.schemaUrl } : undefined);
   const inFlight = new Set<Promise<void>>();
-  let waiting: SpanRow[] = [];
+  const waiting: SpanRow[] = [];
   let timer: NodeJS.Timeout | null = null;
 
   function exportRows(rows: SpanRow[]): void {
@@ -64,32 +64,27 @@ function run(port: NonNullable<typeof parentPort>, init: WorkerInit): void {
     void p.then(() => inFlight.delete(p));
   }
 
-  /** Exports everything waiting, in batches of at most maxBatch. */
-  function drain(): void {
-    if (timer) clearTimeout(timer);
-    timer = null;
-    while (waiting.length > 0) {
-      exportRows(waiting.length <= init.maxBatch ? waiting : waiting.slice(0, init.maxBatch));
-      waiting = waiting.length <= init.maxBatch ? [] : waiting.slice(init.maxBatch);
+  /** Exports the full batches waiting, and with `all` the rest too; the schedule timer covers what is left. */
+  function exportWaiting(all: boolean): void {
+    while (waiting.length >= init.maxBatch || (all && waiting.length > 0)) exportRows(waiting.splice(0, init.maxBatch));
+    if (waiting.length === 0) {
+      if (timer) clearTimeout(timer);
+      timer = null;
+    } else {
+      timer ??= setTimeout(() => {
+        timer = null;
+        exportWaiting(true);
+      }, init.delayMs);
     }
   }
 
   port.on('message', (m: ToWorker) => {
     if (m.type === 'rows') {
       for (const row of m.rows) waiting.push(row);
-      while (waiting.length >= init.maxBatch) {
-        exportRows(waiting.slice(0, init.maxBatch));
-        waiting = waiting.slice(init.maxBatch);
-      }
-      if (waiting.length === 0 && timer) {
-        clearTimeout(timer);
-        timer = null;
-      } else if (waiting.length > 0 && !timer) {
-        timer = setTimeout(drain, init.delayMs);
-      }
+      exportWaiting(false);
       return;
     }
-    drain();
+    exportWaiting(true);
     void Promise.all([...inFlight])
       .then(() => (m.type === 'flush' ? exporter.forceFlush?.() : exporter.shutdown()))
       .catch(() => undefined)

@@ -66,6 +66,11 @@ export interface Scope {
   schemaUrl?: string;
 }
 
+/** performance.timeOrigin of this thread as an HrTime: the `timeOrigin` of its rows. */
+export function timeOriginHr(): HrTime {
+  return millisToHrTime(performance.timeOrigin);
+}
+
 /**
  * The SDK's view of a row. `timeOrigin` is performance.timeOrigin of the thread that recorded
  * it (rows carry performance.now() readings: monotonic, and exact to the microsecond where an

@@ -15,13 +15,13 @@
  */
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { diag, type HrTime } from '@opentelemetry/api';
-import { getNumberFromEnv, millisToHrTime } from '@opentelemetry/core';
+import { diag } from '@opentelemetry/api';
+import { getNumberFromEnv } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { OtlpProtocol } from './otlp-exporter';
 import type { SpanSink } from './request-tracer';
-import { toReadableSpan, type Scope, type SpanRow } from './span-row';
+import { timeOriginHr, toReadableSpan, type Scope, type SpanRow } from './span-row';
 import type { ToMain, ToWorker, WorkerInit } from './span-export-worker';
 
 /** Counts of spans since start: acknowledged by the exporter, refused or lost by it, dropped here at the queue limit. */
@@ -29,11 +29,6 @@ export interface SpanExportStats {
   exported: number;
   failed: number;
   dropped: number;
-}
-
-/** performance.timeOrigin of this thread as an HrTime (rows carry performance.now()). */
-export function timeOriginHr(): HrTime {
-  return millisToHrTime(performance.timeOrigin);
 }
 
 export interface WorkerSinkOptions {

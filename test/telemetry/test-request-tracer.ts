@@ -9,8 +9,7 @@ import { resourceFromAttributes } from '@opentelemetry/resources';
 import { AlwaysOffSampler, AlwaysOnSampler, ParentBasedSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
 import type { StageReport } from '../../src/pipeline/types';
 import { RequestTracer, type SpanSink } from '../../src/telemetry/request-tracer';
-import { Col, toReadableSpan, type SpanRow } from '../../src/telemetry/span-row';
-import { timeOriginHr } from '../../src/telemetry/span-sinks';
+import { Col, timeOriginHr, toReadableSpan, type SpanRow } from '../../src/telemetry/span-row';
 
 /** A sink that keeps every emit. */
 class Collect implements SpanSink {
