@@ -18,6 +18,7 @@ describe('bench:e2e command line', () => {
     assert.equal(o.numResults, 50);
     assert.equal(o.timeoutMs, 5000);
     assert.equal(o.data, undefined);
+    assert.equal(o.tracingRounds, 3);
     assert.equal(o.help, false);
   });
 
@@ -43,6 +44,14 @@ describe('bench:e2e command line', () => {
     assert.equal(o.timeoutMs, 900);
     assert.equal(o.data, 'some/dir');
     assert.equal(o.config, 'c.yaml');
+  });
+
+  it('when --tracing-rounds is given, then a whole number (0 for none) is taken and anything else names the option', () => {
+    assert.equal(parseE2eArgs(['--tracing-rounds', '0']).tracingRounds, 0);
+    assert.equal(parseE2eArgs(['--tracing-rounds', '5']).tracingRounds, 5);
+    for (const bad of ['-1', '1.5', 'two', '']) {
+      assert.throws(() => parseE2eArgs([`--tracing-rounds=${bad}`]), /--tracing-rounds must be a whole number/, bad);
+    }
   });
 
   it('when a value is invalid, then the error names the option', () => {
