@@ -71,6 +71,15 @@ describe('HnswIndex on sift9k (real data)', function () {
     });
   }
 
+  // Without the widening this walk gave 0.92 (0.96 at 10%); with it 0.987-0.989 over repeated builds.
+  it('when 5% of ids are allowed and ef is only k, then a graph walk still reaches recall@10 >= 0.97 (its beam widens as the allowed share falls)', () => {
+    const { ix } = get('l2');
+    const allowIds = randomSubset(base.rows, 0.05, 1000);
+    const truth = exactTopK(base, q, K, 'l2', allowIds);
+    const recall = recallOf(truth, K, nq, (i) => ix.search(row(q, i), K, { ef: K, allowIds, plan: 'graph' }).ids);
+    assert.ok(recall >= 0.97, `recall ${recall}`);
+  });
+
   it('when the allowed set is tiny, then the planner scans; when it is large, then it walks the graph', () => {
     const { ix } = get('l2');
     assert.equal(ix.search(row(q, 0), K, { allowIds: randomSubset(base.rows, 0.01, 3) }).plan, 'scan');
