@@ -1,5 +1,24 @@
 import * as assert from 'node:assert/strict';
-import { parseServingBanner } from '../../bench/lib/server-process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ServerProcess, parseServingBanner } from '../../bench/lib/server-process';
+
+/**
+ * A stand-in for `funnel serve`: prints the serving line, and on SIGHUP logs what the real server
+ * logs after reading its config file (the file's text is the log message to print).
+ */
+const FAKE_SERVE = `
+const fs = require('fs');
+const file = process.argv[process.argv.indexOf('--config') + 1];
+process.stdout.write('funnel serving on 127.0.0.1:1 (1 ads, dim 4, seq 1; admin disabled; plaintext)\\n');
+process.on('SIGHUP', () => {
+  const msg = fs.readFileSync(file, 'utf8');
+  process.stderr.write(JSON.stringify({ level: msg.startsWith('config refused') ? 50 : 30, msg }) + '\\n');
+});
+process.on('SIGTERM', () => process.exit(0));
+setInterval(() => {}, 1000);
+`;
 
 describe('bench server process', () => {
   it('when the serving line is printed, then host, port, ads and dimension are read from it', () => {
@@ -15,5 +34,46 @@ describe('bench server process', () => {
   it('when another line is printed, then it is not taken for the serving line', () => {
     assert.equal(parseServingBanner('{"level":30,"msg":"listening"}'), undefined);
     assert.equal(parseServingBanner('funnel serving soon'), undefined);
+  });
+
+  describe('reloadAfter', () => {
+    let dir: string;
+    let server: ServerProcess | undefined;
+    beforeEach(() => {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'funnel-server-process-'));
+      fs.writeFileSync(path.join(dir, 'serve.js'), FAKE_SERVE);
+    });
+    afterEach(async () => {
+      await server?.stop(5000);
+      server = undefined;
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const start = async (config: string) => {
+      const file = path.join(dir, 'funnel.yaml');
+      fs.writeFileSync(file, config);
+      server = await ServerProcess.start(path.join(dir, 'serve.js'), ['--config', file], 10_000);
+      return file;
+    };
+
+    it('when the server logs that the new config serves, then it resolves after the file was written', async () => {
+      const file = await start('unused');
+      await server!.reloadAfter(() => fs.writeFileSync(file, 'config reloaded'));
+    });
+
+    it('when the server refuses the file, then it rejects with the refusal', async () => {
+      const file = await start('unused');
+      await assert.rejects(server!.reloadAfter(() => fs.writeFileSync(file, 'config refused; the previous config keeps serving')), /refused the config/);
+    });
+
+    it('when the server says nothing, then it rejects after the timeout; a failing write rejects at once', async () => {
+      const file = await start('unused');
+      await assert.rejects(server!.reloadAfter(() => fs.writeFileSync(file, 'something else'), 300), /did not report a reload within 300 ms/);
+      await assert.rejects(
+        server!.reloadAfter(() => {
+          throw new Error('disk full');
+        }),
+        /disk full/,
+      );
+    });
   });
 });
