@@ -1,6 +1,4 @@
 /** `funnel serve`: serves both services on a data directory until SIGTERM/SIGINT, then drains and exits 0. */
-import { ConfigError } from '../config/load';
-import { DataDirError } from '../store/catalog-store';
 import { start, type Running } from '../main';
 
 /** Options as commander parses them. */
@@ -41,18 +39,11 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
       drainTimeoutMs: opts.drainTimeoutMs,
     });
   } catch (err) {
-    const msg = (err as Error).message;
-    process.stderr.write(`funnel serve: ${msg}\n`);
-    return err instanceof DataDirError || err instanceof ConfigError ? 3 : /EADDRINUSE|No address added/.test(msg) ? 3 : 3;
+    // Bad data directory, bad config, port taken, index load failure: all exit 3 with the reason.
+    process.stderr.write(`funnel serve: ${(err as Error).message}\n`);
+    return 3;
   }
   const { state } = running;
-  process.stdout.write(
-    `funnel serving on ${running.host}:${running.port} (${state.ads.size} ads, dim ${state.dim ?? '-'}, seq ${state.seq}; ` +
-      `metrics ${running.metricsPort ? `http://${running.host}:${running.metricsPort}/metrics` : 'off'}; ` +
-      `tracing ${running.tracing.exporters.join('+') || 'off'}; ` +
-      `admin ${opts.tlsClientCa ? 'mTLS' : opts.adminTokenFile ? 'bearer token' : 'disabled'}; ${opts.tlsCert ? 'TLS' : 'plaintext'})\n`,
-  );
-  if (extra.banner) process.stdout.write(extra.banner(running));
   return new Promise<number>((resolve) => {
     let signalled = false;
     const onSignal = (sig: NodeJS.Signals) => {
@@ -78,5 +69,14 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
       });
     };
     process.on('SIGHUP', onHup);
+    // Announce readiness only once the signals are handled: a SIGHUP or SIGTERM sent on seeing the
+    // serving line must never meet the default action (which kills the process).
+    process.stdout.write(
+      `funnel serving on ${running.host}:${running.port} (${state.ads.size} ads, dim ${state.dim ?? '-'}, seq ${state.seq}; ` +
+        `metrics ${running.metricsPort ? `http://${running.host}:${running.metricsPort}/metrics` : 'off'}; ` +
+        `tracing ${running.tracing.exporters.join('+') || 'off'}; ` +
+        `admin ${opts.tlsClientCa ? 'mTLS' : opts.adminTokenFile ? 'bearer token' : 'disabled'}; ${opts.tlsCert ? 'TLS' : 'plaintext'})\n`,
+    );
+    if (extra.banner) process.stdout.write(extra.banner(running));
   });
 }

@@ -11,12 +11,13 @@ import { ServerProcess, parseServingBanner } from '../../bench/lib/server-proces
 const FAKE_SERVE = `
 const fs = require('fs');
 const file = process.argv[process.argv.indexOf('--config') + 1];
-process.stdout.write('funnel serving on 127.0.0.1:1 (1 ads, dim 4, seq 1; admin disabled; plaintext)\\n');
 process.on('SIGHUP', () => {
   const msg = fs.readFileSync(file, 'utf8');
   process.stderr.write(JSON.stringify({ level: msg.startsWith('config refused') ? 50 : 30, msg }) + '\\n');
 });
 process.on('SIGTERM', () => process.exit(0));
+// As the real server does: handlers first, then the serving line (a signal sent on seeing it must be handled).
+process.stdout.write('funnel serving on 127.0.0.1:1 (1 ads, dim 4, seq 1; admin disabled; plaintext)\\n');
 setInterval(() => {}, 1000);
 `;
 
