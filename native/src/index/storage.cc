@@ -78,6 +78,23 @@ uint64_t checksum64(const void* data, size_t n, uint64_t seed) {
   return h;
 }
 
+void* allocate_backing(size_t* bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  if (*bytes < kHuge) {
+    void* p = std::aligned_alloc(64, *bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+  *bytes = (*bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, *bytes);
+  if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  // Advice only: where transparent huge pages are off (or "never"), this fails and 4 KiB pages serve.
+  (void)::madvise(p, *bytes, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw IndexError("ERR_IO", "cannot open index file " + path + ": " + errno_text());
