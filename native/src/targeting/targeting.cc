@@ -6,6 +6,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "../kernels/bits.h"
+
 namespace funnel::targeting {
 
 namespace {
@@ -29,28 +31,6 @@ inline bool test_bit(const uint64_t* w, uint32_t lo) { return (w[lo >> 6] >> (lo
 
 [[noreturn]] void invalid(const std::string& message) { throw IndexError("ERR_INVALID_ARG", message); }
 
-// Set bits of n words. The portable build has no POPCNT, and GCC then calls libgcc's
-// __popcountdi2 per word (a third of a match's time), so x86 gets a POPCNT clone chosen once.
-size_t popcount_words_portable(const uint64_t* w, size_t n) {
-  size_t c = 0;
-  for (size_t i = 0; i < n; ++i) c += size_t(__builtin_popcountll(w[i]));
-  return c;
-}
-#if defined(__x86_64__)
-__attribute__((target("popcnt"))) size_t popcount_words_popcnt(const uint64_t* w, size_t n) {
-  size_t c = 0;
-  for (size_t i = 0; i < n; ++i) c += size_t(__builtin_popcountll(w[i]));
-  return c;
-}
-#endif
-using PopcountWords = size_t (*)(const uint64_t*, size_t);
-const PopcountWords popcount_words = [] {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("popcnt")) return &popcount_words_popcnt;
-#endif
-  return &popcount_words_portable;
-}();
 
 // Per-thread scratch: the chunk being evaluated and the OR of matching any_of sets.
 struct Scratch {
