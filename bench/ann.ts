@@ -135,6 +135,16 @@ function loadDataset(opts: AnnBenchOptions): Dataset {
   };
 }
 
+/** The kernel's transparent-huge-page mode (the bracketed word of the sysfs file), or "unknown". */
+function transparentHugePages(): string {
+  try {
+    const text = fs.readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8');
+    return /\[(\w+)\]/.exec(text)?.[1] ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
 function printHeader(opts: AnnBenchOptions, ds: Dataset): void {
   const cpus = os.cpus();
   const l3 = l3CacheBytes();
@@ -151,6 +161,15 @@ function printHeader(opts: AnnBenchOptions, ds: Dataset): void {
       `${(os.totalmem() / 1024 ** 3).toFixed(1)} GiB RAM${l3 ? `, L3 ${mebibytes(l3)} MiB` : ''}; node ${process.version}`,
   );
   console.log(`simd:     ${simdLevel()} (available: ${availableSimdLevels().join(', ')})`);
+  const thp = transparentHugePages();
+  console.log(
+    `huge pages: transparent huge pages "${thp}"` +
+      (thp === 'madvise'
+        ? ' (ours ask for them on large arrays; the peers do not, and run on 4 KiB pages)'
+        : thp === 'always'
+          ? ' (every system gets them)'
+          : ' (no system gets them)'),
+  );
   console.log(`load avg: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} (1/5/15 min) at start`);
   console.log(
     `base matrix ${mebibytes(baseBytes)} MiB${l3 !== undefined && baseBytes <= l3 ? ' (fits in L3: scan figures are cache, not DRAM, bandwidth)' : ''}`,
@@ -602,6 +621,7 @@ function main(): void {
     M: opts.M,
     ef_construction: opts.efConstruction,
     simd: simdLevel(),
+    transparent_huge_pages: transparentHugePages(),
   };
   for (const row of rows) console.log(JSON.stringify({ ...row, ...common }));
   const peakMiB = process.resourceUsage().maxRSS / 1024;
