@@ -19,7 +19,9 @@ import { BuildReport, GraphParams, HnswlibSubject, UsearchSubject } from './lib/
 import { IdRows, recallAtK } from './lib/recall';
 import { qpsAtRecall, SweepPoint } from './lib/summary';
 import { Column, fixed, formatTable, grouped, mebibytes, round } from './lib/table';
-import { collectGarbage, measureSearcher, progressLog, QuerySearcher, SearchMeasurement, timePasses } from './lib/timing';
+import {
+  collectGarbage, interleavedSweep, measureSearcher, median, progressLog, QuerySearcher, SearchMeasurement, SweepSubject, timePasses,
+} from './lib/timing';
 
 /** Recall target of the summary. */
 const TARGET_RECALL = 0.95;
@@ -67,7 +69,10 @@ interface SweepRow {
   ef: number;
   recall: number;
   recallK: number;
+  /** Median over the rounds. */
   qps: number;
+  /** Each round's QPS, in round order. */
+  qpsRounds: number[];
 }
 
 
@@ -257,33 +262,6 @@ function runFlatTable(
   console.log('');
 }
 
-function sweepSystem(
-  opts: AnnBenchOptions,
-  ds: Dataset,
-  truth: IdRows,
-  name: string,
-  buildThreads: number,
-  build: BuildReport,
-  searcher: (ef: number) => QuerySearcher<unknown>,
-): SweepRow[] {
-  const out: SweepRow[] = [];
-  for (const ef of opts.ef) {
-    log(`${name}: search ef=${ef}`);
-    collectGarbage();
-    const m: SearchMeasurement = measureSearcher(searcher(ef), ds.nq, opts.k, opts.minSeconds);
-    out.push({
-      system: name,
-      buildThreads,
-      build,
-      ef,
-      recall: recallAtK(m.found, truth, 10),
-      recallK: recallAtK(m.found, truth, opts.k),
-      qps: m.qps,
-    });
-  }
-  return out;
-}
-
 function printMainTable(opts: AnnBenchOptions, ds: Dataset, sweep: SweepRow[], rows: BenchRow[]): void {
   const table = sweep.map((r) => [
     r.system,
@@ -295,6 +273,7 @@ function printMainTable(opts: AnnBenchOptions, ds: Dataset, sweep: SweepRow[], r
     fixed(r.recall, 4),
     ...(opts.k !== 10 ? [fixed(r.recallK, 4)] : []),
     grouped(r.qps),
+    `${grouped(Math.min(...r.qpsRounds))}-${grouped(Math.max(...r.qpsRounds))}`,
     fixed(1e6 / r.qps, 1),
   ]);
   const columns: Column[] = [
@@ -307,11 +286,14 @@ function printMainTable(opts: AnnBenchOptions, ds: Dataset, sweep: SweepRow[], r
     { header: 'recall@10' },
     ...(opts.k !== 10 ? [{ header: `recall@${opts.k}` }] : []),
     { header: 'QPS' },
+    { header: 'rounds min-max' },
     { header: 'us/query' },
   ];
   console.log(
     formatTable(
-      `Unfiltered search: ${grouped(ds.nq)} queries, one query per call, single thread; ` +
+      `Unfiltered search: ${grouped(ds.nq)} queries, one query per call, single thread; QPS = median of ` +
+        `${opts.rounds} round${opts.rounds > 1 ? 's' : ''} timed after every build, each round over every system and ef ` +
+        `(order reversed every other round); ` +
         `index MiB: ours = memoryBytes(), * = peer's serialized index size; RSS delta is approximate ` +
         `(memory freed by an earlier system may be reused)`,
       columns,
@@ -325,6 +307,7 @@ function printMainTable(opts: AnnBenchOptions, ds: Dataset, sweep: SweepRow[], r
       setting: `ef=${r.ef}`,
       recall_at_10: round(r.recall, 4),
       qps: round(r.qps, 1),
+      qps_rounds: r.qpsRounds.map((x) => round(x, 1)),
       build_s: round(r.build.seconds, 3),
       table: 'unfiltered',
       queries: ds.nq,
@@ -560,7 +543,13 @@ function main(): void {
 
   runFlatTable(opts, ds, flat, flatBuild, truth, rows);
 
-  const sweep: SweepRow[] = [];
+  // Every system is built first and kept; their searches are then timed together, in rounds.
+  interface Built extends SweepSubject {
+    buildThreads: number;
+    build: BuildReport;
+    dispose?: () => void;
+  }
+  const built: Built[] = [];
   const threadCounts = opts.threads > 1 ? [1, opts.threads] : [1];
   let keptOurs: { subject: FunnelHnswSubject; build: BuildReport } | undefined;
   for (const quantization of opts.quantized ? (['none', 'int8'] as const) : (['none'] as const)) {
@@ -570,40 +559,63 @@ function main(): void {
       const build = subject.build(ds.base);
       log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
       subject.setQueries(ds.query);
-      sweep.push(...sweepSystem(opts, ds, truth, subject.name, threads, build, (ef) => subject.searcher(ef, opts.k)));
-      if (opts.filtered && quantization === 'none' && threads === 1) keptOurs = { subject, build };
-      else subject.dispose();
+      const keep = opts.filtered && quantization === 'none' && threads === 1;
+      if (keep) keptOurs = { subject, build };
+      built.push({
+        name: subject.name,
+        buildThreads: threads,
+        build,
+        searcher: (ef) => subject.searcher(ef, opts.k),
+        dispose: keep ? undefined : () => subject.dispose(),
+      });
       collectGarbage();
     }
   }
 
   let keptHnswlib: { subject: HnswlibSubject; build: BuildReport } | undefined;
   if (opts.peers.includes('hnswlib')) {
-    {
-      const subject = new HnswlibSubject(ds.dim, opts.metric, params);
-      log(`${subject.name}: build (1 thread)`);
-      const build = subject.build(ds.base);
-      log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
-      subject.setQueries(ds.query);
-      sweep.push(...sweepSystem(opts, ds, truth, subject.name, 1, build, (ef) => subject.searcher(ef, opts.k)));
-      if (opts.filtered) keptHnswlib = { subject, build };
-      collectGarbage();
-    }
+    const subject = new HnswlibSubject(ds.dim, opts.metric, params);
+    log(`${subject.name}: build (1 thread)`);
+    const build = subject.build(ds.base);
+    log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
+    subject.setQueries(ds.query);
+    if (opts.filtered) keptHnswlib = { subject, build };
+    built.push({ name: subject.name, buildThreads: 1, build, searcher: (ef) => subject.searcher(ef, opts.k) });
+    collectGarbage();
   }
   if (opts.peers.includes('usearch')) {
-    {
-      const subject = new UsearchSubject(ds.dim, opts.metric, params);
-      log(`${subject.name}: build (1 thread)`);
-      const build = subject.build(ds.base);
-      log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
-      subject.setQueries(ds.query);
-      try {
-        sweep.push(...sweepSystem(opts, ds, truth, subject.name, 1, build, (ef) => subject.searcher(ef, opts.k)));
-      } finally {
-        subject.dispose();
-      }
-      collectGarbage();
-    }
+    const subject = new UsearchSubject(ds.dim, opts.metric, params);
+    log(`${subject.name}: build (1 thread)`);
+    const build = subject.build(ds.base);
+    log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
+    subject.setQueries(ds.query);
+    built.push({ name: subject.name, buildThreads: 1, build, searcher: (ef) => subject.searcher(ef, opts.k), dispose: () => subject.dispose() });
+    collectGarbage();
+  }
+
+  const sweep: SweepRow[] = [];
+  try {
+    const cells = interleavedSweep(built, opts.ef, ds.nq, opts.k, opts.minSeconds, opts.rounds, (name, ef, round) =>
+      log(`round ${round + 1}/${opts.rounds}: ${name} ef=${ef}`),
+    );
+    built.forEach((b, si) =>
+      opts.ef.forEach((ef, ei) => {
+        const cell = cells[si][ei];
+        sweep.push({
+          system: b.name,
+          buildThreads: b.buildThreads,
+          build: b.build,
+          ef,
+          recall: recallAtK(cell.found, truth, 10),
+          recallK: recallAtK(cell.found, truth, opts.k),
+          qps: median(cell.qps),
+          qpsRounds: cell.qps,
+        });
+      }),
+    );
+  } finally {
+    for (const b of built) b.dispose?.();
+    collectGarbage();
   }
 
   printMainTable(opts, ds, sweep, rows);

@@ -38,6 +38,8 @@ export interface AnnBenchOptions {
   peers: string[];
   /** Least time of timed passes per measured row, seconds. */
   minSeconds: number;
+  /** Timed rounds over every (system, ef) of the unfiltered table, interleaved; QPS is their median. */
+  rounds: number;
   help: boolean;
 }
 
@@ -66,6 +68,8 @@ search
   --peers LIST            peers to compare against: hnswlib, usearch (default both; at 1M usearch's
                           build alone takes about 16 minutes here)
   --min-seconds S         least timed seconds per row (default 1)
+  --rounds R              unfiltered QPS: R timed rounds over every system and ef after all builds,
+                          alternating the systems' order; the median is reported (default 3)
 filtered
   --filtered              add the filtered table (allowed fractions 50%, 10%, 1%, 0.1%)
   --filter-ef LIST        beam widths of the filtered table (default 64,256)
@@ -130,6 +134,7 @@ export function parseAnnArgs(argv: readonly string[]): AnnBenchOptions {
       'skip-peers': { type: 'boolean' },
       peers: { type: 'string' },
       'min-seconds': { type: 'string' },
+      rounds: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -182,6 +187,7 @@ export function parseAnnArgs(argv: readonly string[]): AnnBenchOptions {
     skipPeers: values['skip-peers'] === true,
     peers: values['skip-peers'] === true ? [] : peerList(values.peers),
     minSeconds,
+    rounds: positiveInt('rounds', values.rounds, 3),
     help,
   };
 }

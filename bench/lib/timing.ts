@@ -83,3 +83,64 @@ export function progressLog(): (message: string) => void {
     process.stderr.write(`[${s.toFixed(1).padStart(7)}s] ${message}\n`);
   };
 }
+
+/** One system of an interleaved sweep: `searcher(ef)` answers the queries at beam width `ef`. */
+export interface SweepSubject {
+  name: string;
+  searcher(ef: number): QuerySearcher<unknown>;
+}
+
+/** One (system, ef) cell of an interleaved sweep: the answers of its first pass and each round's QPS. */
+export interface SweepCell {
+  found: IdRows;
+  qps: number[];
+}
+
+/**
+ * Times every subject at every ef in `rounds` rounds. Round r visits the subjects in their order
+ * when r is even and reversed when odd, so a machine that speeds up or slows down over the run
+ * (shared hosts do) weighs on every subject alike instead of on whichever ran last. The first
+ * visit of a cell also keeps its answers (untimed, the warm-up). Returns cells[subject][ef].
+ */
+export function interleavedSweep(
+  subjects: readonly SweepSubject[],
+  efs: readonly number[],
+  queries: number,
+  k: number,
+  minSeconds: number,
+  rounds: number,
+  onVisit: (subject: string, ef: number, round: number) => void = () => {},
+): SweepCell[][] {
+  const cells: (SweepCell | undefined)[][] = subjects.map(() => efs.map(() => undefined));
+  for (let r = 0; r < rounds; r++) {
+    const order = subjects.map((_, i) => i);
+    if (r % 2 === 1) order.reverse();
+    for (const si of order) {
+      for (let ei = 0; ei < efs.length; ei++) {
+        onVisit(subjects[si].name, efs[ei], r);
+        collectGarbage();
+        const searcher = subjects[si].searcher(efs[ei]);
+        const cell = cells[si][ei];
+        if (cell === undefined) {
+          const m = measureSearcher(searcher, queries, k, minSeconds);
+          cells[si][ei] = { found: m.found, qps: [m.qps] };
+        } else {
+          cell.qps.push(
+            timePasses(() => {
+              for (let q = 0; q < queries; q++) searcher.run(q);
+            }, queries, minSeconds).qps,
+          );
+        }
+      }
+    }
+  }
+  return cells as SweepCell[][];
+}
+
+/** Median of a non-empty list (mean of the middle two for an even count). */
+export function median(values: readonly number[]): number {
+  if (values.length === 0) throw new Error('median of an empty list');
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}

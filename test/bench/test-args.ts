@@ -30,7 +30,7 @@ describe('bench:ann command line', () => {
     const o = parseAnnArgs([
       '--generate', '1000', '--dim', '32', '--metric', 'cos', '--ef', '64,16,64', '--threads', '2',
       '--filtered', '--quantized', '--skip-peers', '--max-queries', '50', '--M', '8', '--ef-construction', '100',
-      '--seed=-3', '--min-seconds', '0.2',
+      '--seed=-3', '--min-seconds', '0.2', '--rounds', '5',
     ]);
     assert.equal(o.generate, 1000);
     assert.equal(o.dim, 32);
@@ -43,6 +43,8 @@ describe('bench:ann command line', () => {
     assert.equal(o.efConstruction, 100);
     assert.equal(o.seed, -3);
     assert.equal(o.minSeconds, 0.2);
+    assert.equal(o.rounds, 5);
+    assert.equal(parseAnnArgs(['--generate', '10']).rounds, 3);
   });
 
   it('when the data source is missing or doubled, then it throws', () => {
@@ -57,6 +59,7 @@ describe('bench:ann command line', () => {
     assert.throws(() => parseAnnArgs([...files, '--ef', '16,x']), /--ef must be a positive integer, got "x"/);
     assert.throws(() => parseAnnArgs([...files, '--k', '5']), /--k must be at least 10/);
     assert.throws(() => parseAnnArgs([...files, '--threads', '0']), /--threads must be a positive integer/);
+    assert.throws(() => parseAnnArgs([...files, '--rounds', '0']), /--rounds must be a positive integer/);
     assert.throws(() => parseAnnArgs([...files, '--bogus']), /bogus/);
   });
 
