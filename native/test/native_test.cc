@@ -46,6 +46,21 @@ const char* g_level_name = "-";
 int g_printed_failures = 0;
 constexpr int kMaxPrintedFailures = 50;
 
+// One named part of the run: record() counts into it while it lives.
+struct Section {
+  Counts counts;
+  explicit Section(const char* name) {
+    g_level = &counts;
+    g_level_name = name;
+  }
+  ~Section() {
+    g_level = nullptr;
+    g_level_name = "-";
+  }
+  Section(const Section&) = delete;
+  Section& operator=(const Section&) = delete;
+};
+
 void record(bool ok, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 void record(bool ok, const char* fmt, ...) {
   Counts& c = g_total;
@@ -418,9 +433,8 @@ void test_level(SimdLevel level) {
     std::printf("level %-6s: skipped (not compiled in or not supported by this CPU)\n", name);
     return;
   }
-  Counts counts;
-  g_level = &counts;
-  g_level_name = name;
+  Section section(name);
+  const Counts& counts = section.counts;
   record(t->level == level && std::strcmp(t->name, name) == 0, "table of %s says level %d name %s", name,
          int(t->level), t->name);
   Rng rng(0xF0E1D2C3B4A59687ull);  // the same data for every level
@@ -435,15 +449,12 @@ void test_level(SimdLevel level) {
   if (no_guard == nullptr || *no_guard == '\0' || std::strcmp(no_guard, "0") == 0) test_guard_pages(*t, rng);
 #endif
   std::printf("level %-6s: %ld passed, %ld failed\n", name, counts.passed, counts.failed);
-  g_level = nullptr;
-  g_level_name = "-";
 }
 
 // The scalar table itself against double precision, so the reference is not taken on trust.
 void test_scalar_reference() {
-  Counts counts;
-  g_level = &counts;
-  g_level_name = "reference";
+  Section section("reference");
+  const Counts& counts = section.counts;
   Rng rng(12345);
   for (size_t n = 0; n <= 300; ++n) {
     Padded<float> a(n, n % 4, kNaN), b(n, (n / 4) % 4, kNaN);
@@ -458,14 +469,11 @@ void test_scalar_reference() {
   }
   std::printf("reference   : %ld passed, %ld failed (scalar table vs double precision)\n", counts.passed,
               counts.failed);
-  g_level = nullptr;
-  g_level_name = "-";
 }
 
 void test_dispatch() {
-  Counts counts;
-  g_level = &counts;
-  g_level_name = "dispatch";
+  Section section("dispatch");
+  const Counts& counts = section.counts;
   // Names round-trip; unknown names are rejected.
   for (SimdLevel l : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512, SimdLevel::kNeon}) {
     SimdLevel parsed = SimdLevel::kScalar;
@@ -495,16 +503,13 @@ void test_dispatch() {
          "FUNNEL_SIMD=scalar: active_kernels() is %s", active.name);
   std::printf("dispatch    : %ld passed, %ld failed (active with FUNNEL_SIMD=scalar: %s)\n", counts.passed,
               counts.failed, active.name);
-  g_level = nullptr;
-  g_level_name = "-";
 }
 
 // Bit counts (the dispatched popcount, POPCNT where the CPU has it) against a bit-by-bit count,
 // for every length 0..200 words at 4-byte offsets 0..3 from a 64-byte boundary.
 void test_bits() {
-  Counts counts;
-  g_level = &counts;
-  g_level_name = "bits";
+  Section section("bits");
+  const Counts& counts = section.counts;
   Rng rng(777);
   for (size_t n = 0; n <= 200; ++n) {
     for (size_t off = 0; off < 4; ++off) {
@@ -525,8 +530,6 @@ void test_bits() {
     }
   }
   std::printf("bits        : %ld passed, %ld failed (popcount vs bit-by-bit)\n", counts.passed, counts.failed);
-  g_level = nullptr;
-  g_level_name = "-";
 }
 
 }  // namespace
