@@ -550,47 +550,45 @@ function main(): void {
     dispose?: () => void;
   }
   const built: Built[] = [];
+  /** Builds `subject` on the base vectors, gives it the queries and enters it in the sweep. */
+  const buildForSweep = (
+    subject: {
+      readonly name: string;
+      build(base: Float32Array): BuildReport;
+      setQueries(query: Float32Array): void;
+      searcher(ef: number, k: number): QuerySearcher<unknown>;
+    },
+    threads: number,
+    dispose?: () => void,
+  ): BuildReport => {
+    log(`${subject.name}: build (${threads} thread${threads > 1 ? 's' : ''})`);
+    const build = subject.build(ds.base);
+    log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
+    subject.setQueries(ds.query);
+    built.push({ name: subject.name, buildThreads: threads, build, searcher: (ef) => subject.searcher(ef, opts.k), dispose });
+    collectGarbage();
+    return build;
+  };
   const threadCounts = opts.threads > 1 ? [1, opts.threads] : [1];
   let keptOurs: { subject: FunnelHnswSubject; build: BuildReport } | undefined;
   for (const quantization of opts.quantized ? (['none', 'int8'] as const) : (['none'] as const)) {
     for (const threads of threadCounts) {
       const subject = new FunnelHnswSubject(ds.dim, opts.metric, params, quantization, threads);
-      log(`${subject.name}: build (${threads} thread${threads > 1 ? 's' : ''})`);
-      const build = subject.build(ds.base);
-      log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
-      subject.setQueries(ds.query);
       const keep = opts.filtered && quantization === 'none' && threads === 1;
+      const build = buildForSweep(subject, threads, keep ? undefined : () => subject.dispose());
       if (keep) keptOurs = { subject, build };
-      built.push({
-        name: subject.name,
-        buildThreads: threads,
-        build,
-        searcher: (ef) => subject.searcher(ef, opts.k),
-        dispose: keep ? undefined : () => subject.dispose(),
-      });
-      collectGarbage();
     }
   }
 
   let keptHnswlib: { subject: HnswlibSubject; build: BuildReport } | undefined;
   if (opts.peers.includes('hnswlib')) {
     const subject = new HnswlibSubject(ds.dim, opts.metric, params);
-    log(`${subject.name}: build (1 thread)`);
-    const build = subject.build(ds.base);
-    log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
-    subject.setQueries(ds.query);
+    const build = buildForSweep(subject, 1);
     if (opts.filtered) keptHnswlib = { subject, build };
-    built.push({ name: subject.name, buildThreads: 1, build, searcher: (ef) => subject.searcher(ef, opts.k) });
-    collectGarbage();
   }
   if (opts.peers.includes('usearch')) {
     const subject = new UsearchSubject(ds.dim, opts.metric, params);
-    log(`${subject.name}: build (1 thread)`);
-    const build = subject.build(ds.base);
-    log(`${subject.name}: built in ${build.seconds.toFixed(2)} s`);
-    subject.setQueries(ds.query);
-    built.push({ name: subject.name, buildThreads: 1, build, searcher: (ef) => subject.searcher(ef, opts.k), dispose: () => subject.dispose() });
-    collectGarbage();
+    buildForSweep(subject, 1, () => subject.dispose());
   }
 
   const sweep: SweepRow[] = [];
