@@ -604,7 +604,8 @@ QueryResult HnswIndex::search(const float* query, const SearchParams& sp) const 
   QueryResult out;
   std::shared_lock<std::shared_mutex> g(grow_mu_);
   bool use_scan = sp.plan == Plan::kScan;
-  const size_t allowed = sp.filter.allowed_count();
+  // Counted once (O(bitset words) for a bitset): the planner and the graph walk read it; a forced scan does not.
+  const size_t allowed = sp.plan == Plan::kScan ? 0 : sp.filter.allowed_count();
   if (sp.filter.active && sp.plan == Plan::kAuto) {
     uint32_t ef = std::max(sp.ef ? sp.ef : ef_.load(std::memory_order_relaxed), sp.k);
     // An exact scan of the allowed ids while they are few, in absolute terms or as a share of

@@ -31,7 +31,6 @@ inline bool test_bit(const uint64_t* w, uint32_t lo) { return (w[lo >> 6] >> (lo
 
 [[noreturn]] void invalid(const std::string& message) { throw IndexError("ERR_INVALID_ARG", message); }
 
-
 // Per-thread scratch: the chunk being evaluated and the OR of matching any_of sets.
 struct Scratch {
   std::unique_ptr<uint64_t[]> res{new uint64_t[kWords]};
