@@ -2,9 +2,11 @@
  * Deterministic generator of catalog rows (CONTRACT section 1) and request attributes, with the
  * skew of a real ads catalog: Zipf-sized advertisers, IAB-style categories, log-normal bids,
  * country/platform targeting skewed toward large markets, thousands of Zipf-popular communities,
- * a few exclusions and multi-conjunction ads. Same options and seed, same rows, on every
- * platform (a seeded sfc32 generator; no Math.random). Rows are yielded one at a time, so a
- * million never sit in memory at once.
+ * a few exclusions and multi-conjunction ads. Two embedding/bid shapes: 'mixture' (a loose
+ * Gaussian mixture tied to categories, log-normal bids) and 'clustered' (many tight clusters of
+ * Zipf-distributed size, Pareto bids), where both the embedding and the bid decide the ranking.
+ * Same options and seed, same rows, on every platform (a seeded sfc32 generator; no
+ * Math.random). Rows are yielded one at a time, so a million never sit in memory at once.
  */
 import type { z } from 'zod';
 import type { RequestAttributes } from '../native/index';
@@ -219,6 +221,66 @@ function weighted(rng: Rng, shares: readonly number[]): number {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Embedding shapes
+
+/** How embeddings and bids are distributed: 'mixture' (the default) or 'clustered'. */
+export type CatalogShape = 'mixture' | 'clustered';
+
+/** What fixes the embedding centres of a catalog: the options of {@link catalogCentres}. */
+export interface CentreOptions {
+  /** Embedding length (1..4096). */
+  dim: number;
+  /** Default 1. */
+  seed?: number;
+  /** Default 'mixture'. */
+  shape?: CatalogShape;
+  /** Number of centres (an integer; values below 1 count as 1); default 64 for 'mixture', 512 for 'clustered'. */
+  clusters?: number;
+}
+
+/** Spread of a 'mixture' ad around its centre, per coordinate. */
+const MIXTURE_AD_SIGMA = 0.35;
+/** Spread of a 'mixture' user around its centre, per coordinate. */
+const MIXTURE_USER_SIGMA = 0.5;
+/** Spread of a 'clustered' ad or user around its centre, per coordinate: tight, so a popular cluster is thousands of near-ties. */
+const CLUSTERED_SIGMA = 0.12;
+/** Zipf exponent of the cluster sizes of 'clustered' (the largest of 512 holds about a fifth of the ads). */
+const CLUSTERED_ZIPF = 1.1;
+
+function checkDim(dim: number): void {
+  if (!Number.isInteger(dim) || dim < 1 || dim > 4096) throw new Error(`dim must be an integer in 1..4096, got ${dim}`);
+}
+
+function resolveCentres(options: CentreOptions): { dim: number; seed: number; shape: CatalogShape; clusters: number } {
+  const { dim } = options;
+  checkDim(dim);
+  const shape = options.shape ?? 'mixture';
+  if (shape !== 'mixture' && shape !== 'clustered') throw new Error(`shape must be 'mixture' or 'clustered', got ${String(shape)}`);
+  const clusters = options.clusters ?? (shape === 'clustered' ? 512 : 64);
+  if (!Number.isInteger(clusters)) throw new Error(`clusters must be an integer, got ${clusters}`);
+  return { dim, seed: options.seed ?? 1, shape, clusters: Math.max(1, clusters) };
+}
+
+/**
+ * The embedding centres of a catalog, `clusters * dim` values row-major, each N(0, 1) per
+ * coordinate: the ones {@link generateCatalog} and {@link generateUserEmbeddings} place ads and
+ * users around for the same options. In 'clustered', centre k is Zipf rank k (centre 0 the largest).
+ */
+export function catalogCentres(options: CentreOptions): Float64Array {
+  const { dim, seed, shape, clusters } = resolveCentres(options);
+  const centres = new Float64Array(clusters * dim);
+  // The streams differ so that the two shapes' centres are unrelated; 0xc1 is what 'mixture' always used.
+  const cr = new Rng(seed, shape === 'mixture' ? 0xc1 : 0xc2);
+  for (let i = 0; i < centres.length; i++) centres[i] = cr.normal();
+  return centres;
+}
+
+/** Pareto(alpha 1.3, scale 200,000) micros capped at 1e9: median about 341,000, a few ads bid 100x that. */
+function paretoBid(rng: Rng): number {
+  return Math.min(1e9, Math.round(200_000 * Math.pow(1 - rng.next(), -1 / 1.3)));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Catalog rows
 
 /** Options of {@link generateCatalog}. */
@@ -229,7 +291,14 @@ export interface CatalogOptions {
   dim: number;
   /** Default 1. */
   seed?: number;
-  /** Gaussian-mixture components of the embeddings (default 64); each category favours a few. */
+  /**
+   * 'mixture' (default): a Gaussian mixture (sigma 0.35) where each category favours a few
+   * centres, log-normal bids. 'clustered': ads around Zipf(1.1)-chosen centres with sigma 0.12,
+   * Pareto(1.3) bids, a wider ctr_prior spread; targeting, status, budgets, flights and
+   * advertisers as in 'mixture'.
+   */
+  shape?: CatalogShape;
+  /** Embedding centres (default 64 for 'mixture', 512 for 'clustered'). */
   clusters?: number;
   /** Flight windows are placed around this instant (default 2025-06-01T00:00:00Z). */
   now?: Date;
@@ -312,11 +381,10 @@ function targeting(rng: Rng, adv: Advertiser): Conjunction[] | undefined {
  * each with a home category, home countries and a few campaigns.
  */
 export function* generateCatalog(options: CatalogOptions): Generator<CatalogFileRow> {
-  const { count, dim } = options;
+  const { count } = options;
   if (!Number.isInteger(count) || count < 0) throw new Error(`count must be an integer >= 0, got ${count}`);
-  if (!Number.isInteger(dim) || dim < 1 || dim > 4096) throw new Error(`dim must be an integer in 1..4096, got ${dim}`);
-  const seed = options.seed ?? 1;
-  const clusters = Math.max(1, options.clusters ?? 64);
+  const { dim, seed, shape, clusters } = resolveCentres(options);
+  const clustered = shape === 'clustered';
   const now = (options.now ?? new Date('2025-06-01T00:00:00Z')).getTime();
   const rng = new Rng(seed);
 
@@ -338,11 +406,11 @@ export function* generateCatalog(options: CatalogOptions): Generator<CatalogFile
     return a;
   };
 
-  // Mixture centres, N(0, 1) per coordinate; ads scatter around them with sigma 0.35.
-  const centres = new Float64Array(clusters * dim);
-  const cr = new Rng(seed, 0xc1);
-  for (let i = 0; i < centres.length; i++) centres[i] = cr.normal();
+  const centres = catalogCentres({ dim, seed, shape, clusters });
   const perCategory = Math.max(1, Math.floor(clusters / 8));
+  const clusterZipf = clustered ? new Zipf(clusters, CLUSTERED_ZIPF) : undefined;
+  const sigma = clustered ? CLUSTERED_SIGMA : MIXTURE_AD_SIGMA;
+  const ctrSigma = clustered ? 1.0 : 0.7;
 
   for (let i = 0; i < count; i++) {
     const k = advertiserZipf().sample(rng);
@@ -350,14 +418,16 @@ export function* generateCatalog(options: CatalogOptions): Generator<CatalogFile
     const categoryIndex = rng.chance(0.8) ? adv.category : categoryZipf.sample(rng);
     const campaign = rng.int(adv.campaigns);
     const status = rng.chance(0.07) ? 'paused' : rng.chance(0.3) ? 'active' : undefined;
-    const bid = Math.round(rng.logNormal(800_000, 0.9));
+    const bid = clustered ? paretoBid(rng) : Math.round(rng.logNormal(800_000, 0.9));
     const budget = rng.chance(0.85) ? Math.round(rng.logNormal(150_000_000, 1.2)) : undefined;
     const quality = rng.chance(0.8) ? round(Math.min(1, Math.max(0, 0.6 + 0.15 * rng.normal())), 3) : undefined;
-    const ctr = rng.chance(0.7) ? round(Math.min(0.5, Math.max(0.0001, rng.logNormal(0.01, 0.7))), 5) : undefined;
-    const cluster =
-      (categoryIndex * perCategory + rng.int(perCategory) + (rng.chance(0.1) ? rng.int(clusters) : 0)) % clusters;
+    const ctr = rng.chance(0.7) ? round(Math.min(0.5, Math.max(0.0001, rng.logNormal(0.01, ctrSigma))), 5) : undefined;
+    // The 'mixture' branches make exactly the draws they always made, in the same order, so its rows are unchanged (tests pin them).
+    const cluster = clusterZipf
+      ? clusterZipf.sample(rng)
+      : (categoryIndex * perCategory + rng.int(perCategory) + (rng.chance(0.1) ? rng.int(clusters) : 0)) % clusters;
     const embedding = new Array<number>(dim);
-    for (let j = 0; j < dim; j++) embedding[j] = round(centres[cluster * dim + j] + 0.35 * rng.normal(), 4);
+    for (let j = 0; j < dim; j++) embedding[j] = round(centres[cluster * dim + j] + sigma * rng.normal(), 4);
     const t = targeting(rng, adv);
 
     // Keys in the contract's order; optional fields only when present.
@@ -386,6 +456,29 @@ export function* generateCatalog(options: CatalogOptions): Generator<CatalogFile
 
 // ---------------------------------------------------------------------------------------------
 // Requests
+
+/**
+ * `n` user embeddings (seeded) around the centres of the catalog with the same `dim`, `seed`,
+ * `shape` and `clusters` ({@link catalogCentres}): 'mixture', a uniformly chosen centre plus
+ * N(0, 0.5^2) per coordinate; 'clustered', a Zipf(1.1)-chosen centre (popular clusters get more
+ * users) plus N(0, 0.12^2), so most users sit among thousands of near-tied ads.
+ */
+export function generateUserEmbeddings(n: number, options: CentreOptions): Float32Array[] {
+  if (!Number.isInteger(n) || n < 0) throw new Error(`n must be an integer >= 0, got ${n}`);
+  const { dim, seed, shape, clusters } = resolveCentres(options);
+  const centres = catalogCentres({ dim, seed, shape, clusters });
+  const clusterZipf = shape === 'clustered' ? new Zipf(clusters, CLUSTERED_ZIPF) : undefined;
+  const sigma = shape === 'clustered' ? CLUSTERED_SIGMA : MIXTURE_USER_SIGMA;
+  const rng = new Rng(seed, 0x75736572);
+  const out: Float32Array[] = [];
+  for (let i = 0; i < n; i++) {
+    const c = clusterZipf ? clusterZipf.sample(rng) : rng.int(clusters);
+    const e = new Float32Array(dim);
+    for (let j = 0; j < dim; j++) e[j] = centres[c * dim + j] + sigma * rng.normal();
+    out.push(e);
+  }
+  return out;
+}
 
 /**
  * `n` request attribute maps (seeded): usually `country` and `platform`, often `community`,
