@@ -1,4 +1,4 @@
-/** Plain-text tables with aligned columns, and the number formats the benchmarks print. */
+/** Plain-text tables with aligned columns, and the number formats the CLI and the benchmarks print. */
 
 /** One column: its header and which side its cells line up on (default `right`). */
 export interface Column {

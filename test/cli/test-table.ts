@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
-import { fixed, formatTable, grouped, mebibytes } from '../../bench/lib/table';
+import { fixed, formatTable, grouped, mebibytes } from '../../src/cli/table';
 
-describe('bench table printing', () => {
+describe('table printing', () => {
   it('when rows are printed, then columns line up left or right as asked', () => {
     const text = formatTable('T', [{ header: 'name', align: 'left' }, { header: 'qps' }], [
       ['a', '1,000'],

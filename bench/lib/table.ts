@@ -1,0 +1,2 @@
+/** The benchmarks' tables: the CLI's (one implementation). */
+export * from '../../src/cli/table';
