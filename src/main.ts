@@ -12,6 +12,7 @@ import { ConfigWatcher, type ReloadOutcome } from './config/watch';
 import { FunnelServer, type ServerHooks, type TlsOptions } from './grpc/server';
 import { ServingState } from './serving/state';
 import { Metrics, serveMetrics, type MetricsServer } from './telemetry/metrics';
+import { RequestLog } from './telemetry/request-log';
 import { initTracing, type Tracing, type TracingOptions } from './telemetry/tracing';
 
 /** What start() needs. */
@@ -33,6 +34,8 @@ export interface StartOptions {
   tracing?: TracingOptions;
   /** Watch the config file for changes (default true when configFile is given). */
   watchConfig?: boolean;
+  /** Log this share (0..1) of answered Retrieves to `dir` as JSON Lines (`--request-log`). */
+  requestLog?: { dir: string; sample: number };
 }
 
 /** A running server. */
@@ -46,9 +49,11 @@ export interface Running {
   metrics: Metrics;
   tracing: Tracing;
   log: Logger;
+  /** The request log, when `requestLog` was given. */
+  requestLog?: RequestLog;
   /** Re-reads the config file now (what SIGHUP does); resolves to what happened. */
   reloadConfig(): Promise<ReloadOutcome>;
-  /** Drains in-flight calls, checkpoints the ANN index, flushes traces, closes the store. */
+  /** Drains in-flight calls, flushes the request log, checkpoints the ANN index, flushes traces, closes the store. */
   stop(): Promise<void>;
 }
 
@@ -89,6 +94,15 @@ export async function start(options: StartOptions): Promise<Running> {
   const tracing = initTracing({ serviceVersion: packageVersion(), ...options.tracing });
   if (tracing.tracer) log.info({ exporters: tracing.exporters }, 'tracing on');
   const metrics = new Metrics();
+  let requestLog: RequestLog | undefined;
+  if (options.requestLog) {
+    try {
+      requestLog = new RequestLog({ ...options.requestLog, logger: log, onCount: (result, n) => metrics.requestLogLines(result, n) });
+    } catch (err) {
+      await tracing.shutdown().catch(() => undefined);
+      throw new Error(`request log ${options.requestLog.dir}: ${(err as Error).message}`);
+    }
+  }
   const server = new FunnelServer(
     config,
     {
@@ -100,7 +114,7 @@ export async function start(options: StartOptions): Promise<Running> {
     },
     log,
     options.hooks,
-    { metrics, tracer: tracing.tracer },
+    { metrics, tracer: tracing.tracer, requestLog },
   );
   metrics.attach({
     inFlight: () => server.inFlightCount,
@@ -120,6 +134,7 @@ export async function start(options: StartOptions): Promise<Running> {
   } catch (err) {
     server.forceStop();
     await metricsServer?.close();
+    await requestLog?.close();
     await tracing.shutdown().catch(() => undefined);
     throw err;
   }
@@ -150,6 +165,7 @@ export async function start(options: StartOptions): Promise<Running> {
     metrics,
     tracing,
     log,
+    requestLog,
     reloadConfig: () =>
       watcher
         ? watcher.reload()
@@ -158,6 +174,8 @@ export async function start(options: StartOptions): Promise<Running> {
       stopping ??= (async () => {
         watcher?.stop();
         await server.drain();
+        // Every answered Retrieve has been recorded once the drain is over.
+        await requestLog?.close();
         await state.close();
         await metricsServer?.close();
         // A collector that is down must not turn a clean drain into a failed exit.

@@ -8,8 +8,10 @@ import { runIngest } from './ingest-command';
 import { runStats } from './stats-command';
 import { runServe } from './serve-command';
 import { runRetrieve } from './retrieve-command';
+import { parseAdIds, runExplain } from './explain-command';
 import { runDemo } from './demo-command';
 import { runConfigPrint, runConfigValidate } from './config-command';
+import { runEval } from './eval-command';
 
 /** Exit codes of the command line. */
 export const EXIT = { ok: 0, badData: 1, usage: 2, dataDir: 3 } as const;
@@ -24,6 +26,30 @@ function positiveInt(name: string, max: number) {
   return (v: string): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < 1 || n > max) throw new InvalidArgumentError(`${name} must be an integer in 1..${max}`);
+    return n;
+  };
+}
+
+function adIds(v: string, previous: string[] | undefined): string[] {
+  try {
+    return parseAdIds(v, previous);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+function fraction(name: string) {
+  return (v: string): number => {
+    const n = v.trim() === '' ? NaN : Number(v);
+    if (!(n >= 0 && n <= 1)) throw new InvalidArgumentError(`${name} must be a number in [0, 1]`);
+    return n;
+  };
+}
+
+function nonNegativeInt(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be an integer >= 0`);
     return n;
   };
 }
@@ -68,6 +94,8 @@ export function buildProgram(): Command {
     .option('--tls-key <file>', 'server private key (PEM)')
     .option('--tls-client-ca <file>', 'CA (PEM) client certificates must chain to: mutual TLS, which also authorises Admin')
     .option('--drain-timeout-ms <n>', 'longest SIGTERM waits for in-flight calls', positiveInt('--drain-timeout-ms', 3_600_000), 10_000)
+    .option('--request-log <dir>', 'write a sampled log of Retrieve requests here (JSON Lines, rotated) for funnel eval')
+    .option('--request-log-sample <r>', 'share of Retrieves logged, 0..1 (default 0.01; needs --request-log)', fraction('--request-log-sample'))
     .action(async (opts) => {
       process.exitCode = await runServe(opts);
     });
@@ -84,6 +112,21 @@ export function buildProgram(): Command {
       process.exitCode = await runRetrieve(opts);
     });
   program
+    .command('explain')
+    .description('call Explain (Admin credentials) with a JSON request and ad ids; print where each ad left the funnel')
+    .option('--addr <host:port>', 'server address', '127.0.0.1:50051')
+    .requiredOption('--request <file>', 'JSON request file (- for stdin)')
+    .requiredOption('--ad-ids <ids>', 'comma-separated ad ids to explain (may be repeated)', adIds)
+    .option('--admin-token-file <file>', 'file holding the bearer token (without it, only mutual TLS authorises the call)')
+    .option('--json', 'print the ExplainResponse as JSON instead of a table', false)
+    .option('--timeout-ms <n>', 'deadline of the call', positiveInt('--timeout-ms', 3_600_000), 5000)
+    .option('--tls-ca <file>', 'CA (PEM) to verify a TLS server with')
+    .option('--tls-cert <file>', 'client certificate (PEM) for mutual TLS')
+    .option('--tls-key <file>', 'client key (PEM) for mutual TLS')
+    .action(async (opts) => {
+      process.exitCode = await runExplain(opts);
+    });
+  program
     .command('demo')
     .description('build a generated demo catalog on first run, then serve it (what npm start runs)')
     .option('--data <dir>', 'demo data directory', '.funnel-demo')
@@ -93,6 +136,20 @@ export function buildProgram(): Command {
     .option('--metrics-port <n>', 'port of the Prometheus /metrics endpoint (0 = off)', port, 9464)
     .action(async (opts) => {
       process.exitCode = await runDemo(opts);
+    });
+  program
+    .command('eval')
+    .description("funnel recall offline: requests through the funnel and through the exhaustive reference (Filters + EarlyRanker over every eligible ad); table, or --json lines")
+    .requiredOption('--data <dir>', 'data directory (made by funnel ingest)')
+    .requiredOption('--requests <path>', 'JSON Lines of RetrieveRequest (proto3 JSON), or a request-log directory (funnel serve --request-log)')
+    .option('--config <file>', 'YAML stage config (default: built-in defaults)')
+    .option('--pipeline <name>', 'run every request through this pipeline (repeat for several; default: as each request routes)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--against <file>', 'a second config run over the same requests; prints the difference')
+    .option('--num-results <n>', "N: results per request (default: each request's num_results, else the config's default)", positiveInt('--num-results', 100_000))
+    .option('--json', 'one JSON line per (config, pipeline) instead of a table', false)
+    .option('--warmup <n>', 'requests run once through every config, unrecorded, before measuring', nonNegativeInt('--warmup'), 20)
+    .action(async (opts) => {
+      process.exitCode = await runEval(opts);
     });
   const config = program.command('config').description('check and show stage configs');
   config

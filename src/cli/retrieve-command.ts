@@ -17,7 +17,8 @@ export interface RetrieveCommandOptions {
   tlsKey?: string;
 }
 
-function readRequest(file: string | undefined): unknown {
+/** Reads a JSON RetrieveRequest from `file` (stdin when absent or `-`), attribute shorthands turned into `{values}`; throws on unreadable or non-object JSON. */
+export function readRequest(file: string | undefined): Record<string, unknown> {
   const text = fs.readFileSync(file && file !== '-' ? file : 0, 'utf8');
   const req = JSON.parse(text) as Record<string, unknown>;
   if (req === null || typeof req !== 'object' || Array.isArray(req)) throw new Error('the request must be a JSON object');

@@ -14,7 +14,14 @@ export interface ServeCommandOptions {
   tlsKey?: string;
   tlsClientCa?: string;
   drainTimeoutMs: number;
+  /** Directory of the Retrieve request log; absent = no log. */
+  requestLog?: string;
+  /** Share of Retrieves logged, 0..1 (default 0.01 with requestLog). */
+  requestLogSample?: number;
 }
+
+/** Share of Retrieves logged when --request-log is given without --request-log-sample. */
+export const DEFAULT_REQUEST_LOG_SAMPLE = 0.01;
 
 /** Starts serving; resolves to the exit code once a signal has drained the server (or start failed). */
 export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: Running) => string } = {}): Promise<number> {
@@ -24,6 +31,10 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
   }
   if (opts.tlsClientCa && !opts.tlsCert) {
     process.stderr.write('funnel serve: --tls-client-ca needs --tls-cert and --tls-key\n');
+    return 2;
+  }
+  if (opts.requestLogSample !== undefined && !opts.requestLog) {
+    process.stderr.write('funnel serve: --request-log-sample needs --request-log\n');
     return 2;
   }
   let running: Running;
@@ -37,6 +48,7 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
       adminTokenFile: opts.adminTokenFile,
       tls: opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey!, clientCa: opts.tlsClientCa } : undefined,
       drainTimeoutMs: opts.drainTimeoutMs,
+      requestLog: opts.requestLog ? { dir: opts.requestLog, sample: opts.requestLogSample ?? DEFAULT_REQUEST_LOG_SAMPLE } : undefined,
     });
   } catch (err) {
     // Bad data directory, bad config, port taken, index load failure: all exit 3 with the reason.

@@ -32,8 +32,8 @@ export const annStageSchema = z
   .object({
     ...stageBase,
     enabled: z.boolean().default(true).describe('run the stage (it is skipped anyway for requests without user_embedding)'),
-    k: int(1, 10_000).default(100).describe('candidates to source'),
-    ef: int(1, 10_000).default(128).describe('HNSW beam width (raised to k when lower)'),
+    k: int(1, 10_000).default(50).describe('candidates to source'),
+    ef: int(1, 10_000).default(64).describe('HNSW beam width (raised to k when lower)'),
   })
   .strict();
 
@@ -42,7 +42,16 @@ export const targetingStageSchema = z
   .object({
     ...stageBase,
     enabled: z.boolean().default(true).describe('run the stage'),
-    k: int(1, 10_000).default(100).describe('candidates to source'),
+    k: int(1, 10_000).default(80).describe('candidates to source'),
+    order: z
+      .enum(['ranker', 'prior'])
+      .default('ranker')
+      .describe(
+        "ranker: a threshold walk over two static orders (bid, and the EarlyRanker's static log-eCPM key) that scores what it reads with the EarlyRanker's own model and stops once no unread ad can beat its k-th best (a proven bound); prior: the k eligible ads of best `prior`",
+      ),
+    max_steps: int(1, 100_000_000)
+      .default(200_000)
+      .describe('order entries the ranker walk may read (both orders together) before it stops without the bound (noted stop=cap)'),
     prior: z
       .object({
         bid: z.number().min(0).max(4).default(1).describe('exponent of bid_micros in the prior'),
@@ -101,9 +110,12 @@ export const earlyRankerStageSchema = z
         ctr_prior_logit: z.number().default(1.0).describe('logit of the ad’s ctr_prior'),
         popularity_rate: z.number().default(5.0).describe('smoothed, time-decayed click-through rate'),
         quality: z.number().default(0.5),
-        source_ann: z.number().default(0.2),
+        source_ann: z
+          .number()
+          .default(0.0)
+          .describe('1 when Ann sourced the candidate; 0 by default: how an ad was found says nothing of its worth, and a non-zero weight ranks ads the exhaustive reference of funnel eval would pick below others'),
         source_targeting: z.number().default(0.0),
-        source_popularity: z.number().default(0.1),
+        source_popularity: z.number().default(0.0),
       })
       .strict()
       .default({
@@ -112,9 +124,9 @@ export const earlyRankerStageSchema = z
         ctr_prior_logit: 1.0,
         popularity_rate: 5.0,
         quality: 0.5,
-        source_ann: 0.2,
+        source_ann: 0.0,
         source_targeting: 0.0,
-        source_popularity: 0.1,
+        source_popularity: 0.0,
       })
       .describe('pCTR = sigmoid(bias + sum of weight * feature)'),
   })
@@ -167,6 +179,7 @@ export const limitsSchema = z
     max_string_bytes: int(1, 1 << 20).default(256).describe('length of any id, attribute name or value (UTF-16 units)'),
     max_exclusions: int(0, 1_000_000).default(10_000).describe('entries per exclude/blocked list'),
     max_batch: int(1, 1_000_000).default(10_000).describe('ads, ids, spend entries or events per Admin call'),
+    max_explain_ads: int(1, 100_000).default(100).describe('ad_ids one Explain call may ask about'),
     default_deadline_ms: int(1, 600_000).default(1000).describe('deadline of a Retrieve that sends none'),
     on_deadline: z
       .enum(['degraded', 'error'])

@@ -12,17 +12,21 @@ import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from 'pino';
 import { route } from '../config/experiments';
 import type { Metrics } from '../telemetry/metrics';
+import type { RequestLog } from '../telemetry/request-log';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
 import { extractContext } from '../telemetry/tracing';
 import type { Config } from '../config/schema';
-import { Funnel } from '../pipeline/funnel';
+import type { PipelineConfig } from '../config/schema';
+import { explainIds } from '../pipeline/explain';
+import { Funnel, type FunnelResult } from '../pipeline/funnel';
 import type { StageObserver } from '../pipeline/run-stage';
-import { sourceNames, type StageReport } from '../pipeline/types';
+import { sourceNames, type RetrieveQuery, type StageReport } from '../pipeline/types';
+import { AD_ID } from '../store/catalog-schema';
 import type { ServingState } from '../serving/state';
-import { decodeRetrieveRequest, type DecodedRetrieve } from './codec';
+import { blankRetrieve, decodeRetrieveRequest, type DecodedRetrieve } from './codec';
 import { LoopLag } from './loop-lag';
 import { packageDefinition, reflectedDefinition } from './proto';
-import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateRetrieve, type AdMessage } from './validate';
+import { RpcError, checkAttributes, invalid, lostProtoKey, recordToAd, validateAdIds, validateAds, validateRetrieve, type AdMessage } from './validate';
 
 /** TLS files for both services; `clientCa` turns on mutual TLS (client certificates required). */
 export interface TlsOptions {
@@ -42,10 +46,12 @@ export interface ServerOptions {
   drainTimeoutMs: number;
 }
 
-/** Telemetry of a server: metrics (prom-client) and a tracer (null = tracing off). */
+/** Telemetry of a server: metrics (prom-client), a tracer (null = tracing off) and the request log. */
 export interface ServerTelemetry {
   metrics?: Metrics;
   tracer?: RequestTracer | null;
+  /** Sampled log of answered Retrieves (`--request-log`). */
+  requestLog?: RequestLog;
 }
 
 /** Extra hooks (tests, benchmarks). */
@@ -110,7 +116,10 @@ export class FunnelServer {
     const retrieval = { ...(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
     // Retrieve's request is decoded by our codec: the embedding is copied once, straight into a Float32Array.
     retrieval.Retrieve = { ...retrieval.Retrieve, requestDeserialize: (b: Buffer) => decodeRetrieveRequest(b) };
-    this.server.addService(retrieval, { Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)) });
+    this.server.addService(retrieval, {
+      Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)),
+      Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call: grpc.ServerUnaryCall<ExplainMessage, unknown>, t) => this.explain(call, t)),
+    });
     const admin = def['funnel.v1.Admin'] as grpc.ServiceDefinition;
     this.server.addService(admin, {
       UpsertAds: this.admin('UpsertAds', (req: { ads?: AdMessage[] }) => this.upsertAds(req)),
@@ -287,6 +296,55 @@ export class FunnelServer {
   }
 
   private async retrieve(call: grpc.ServerUnaryCall<DecodedRetrieve, unknown>, t: CallTrace): Promise<unknown> {
+    const run = await this.execute(call, call.request, t, false);
+    this.telemetry.requestLog?.record({
+      timeMs: Date.now(),
+      pipeline: run.query.pipeline,
+      dataSeq: run.result.seq,
+      request: call.request,
+      adIds: run.response.candidates.map((c) => c.ad_id),
+    });
+    return run.response;
+  }
+
+  /** Explain: the request run exactly as Retrieve runs it, traced, then each asked ad explained. Needs Admin's credentials. */
+  private async explain(call: grpc.ServerUnaryCall<ExplainMessage, unknown>, t: CallTrace): Promise<unknown> {
+    this.authorize(call);
+    const req = call.request;
+    const limit = this.config_.limits.max_explain_ads;
+    const adIds = req.ad_ids ?? [];
+    if (adIds.length === 0) throw invalid('ad_ids', 'must name at least one ad');
+    if (adIds.length > limit) throw invalid('ad_ids', `has ${adIds.length} ids, more than the limit of ${limit} (limits.max_explain_ads)`);
+    adIds.forEach((id, i) => {
+      if (typeof id !== 'string' || !AD_ID.test(id)) throw invalid(`ad_ids[${i}]`, 'must be 1-128 characters of [A-Za-z0-9._:/-]');
+    });
+    let request: DecodedRetrieve;
+    try {
+      request = retrieveFromMessage(req.request);
+    } catch (err) {
+      throw invalid('request', (err as Error).message);
+    }
+    const run = await this.execute(call, request, t, true, 'request.');
+    const state = this.state;
+    const ads = explainIds(
+      state,
+      run.pipeline,
+      run.query,
+      run.result,
+      run.returnedIds,
+      adIds.map((adId) => ({ adId, id: state.ads.idOf(adId) })),
+    );
+    return { response: run.response, ads };
+  }
+
+  /** Runs one Retrieve (shedding, validation, the funnel, the last re-check) and builds its response; `traced` keeps what each stage handed on. */
+  private async execute(
+    call: grpc.ServerUnaryCall<unknown, unknown>,
+    req: DecodedRetrieve,
+    t: CallTrace,
+    traced: boolean,
+    fieldPrefix = '',
+  ): Promise<{ query: RetrieveQuery; pipeline: PipelineConfig; result: FunnelResult; response: RetrieveResponseMessage; returnedIds: number[] }> {
     if (this.draining) throw new RpcError(grpc.status.UNAVAILABLE, 'server is shutting down');
     const state = this.state;
     const funnel = this.funnel;
@@ -312,9 +370,8 @@ export class FunnelServer {
     const onCancel = () => abort.abort(new Error('cancelled by the client'));
     call.on('cancelled', onCancel);
     try {
-      const req = call.request;
       const routed = route(config, typeof req.user_id === 'string' ? req.user_id : '', typeof req.pipeline === 'string' ? req.pipeline : '');
-      const query = validateRetrieve(req, config, state.dim, routed.pipeline);
+      const query = withFieldPrefix(fieldPrefix, () => validateRetrieve(req, config, state.dim, routed.pipeline));
       const deadlineMs = Number.isFinite(callDeadline) ? callDeadline : Date.now() + config.limits.default_deadline_ms;
       const metrics = this.telemetry.metrics;
       const recordStage = metrics ? (r: StageReport) => metrics.stage(query.pipeline, r) : undefined;
@@ -330,7 +387,8 @@ export class FunnelServer {
           'funnel.num_results': query.numResults,
         });
       }
-      const result = await funnel.run(query, config.pipelines[query.pipeline], deadlineMs, abort.signal, observer);
+      const pipeline = config.pipelines[query.pipeline];
+      const result = await funnel.run(query, pipeline, deadlineMs, abort.signal, observer, traced);
       if (t) {
         t.setAttributes({ 'funnel.degraded': result.degradedStages.length > 0, 'funnel.data_seq': result.seq });
         if (result.degradedStages.length > 0) t.setAttributes({ 'funnel.degraded_stages': result.degradedStages });
@@ -342,19 +400,18 @@ export class FunnelServer {
       this.hooks.onRetrieve?.(query.pipeline, result.degradedStages);
       const ads = state.ads;
       const now = Date.now();
-      return {
-        // An Admin write may have landed since Filters ran: re-check what can change live, and drop
-        // ads set or removed since the eligible set was taken (an id reused, targeting changed).
-        candidates: result.candidates
-          .filter(
-            (c) =>
-              !ads.changedAfter(c.id, result.epoch) &&
-              ads.servable(c.id, now) &&
-              !query.excludeAdIds.has(ads.adId(c.id)) &&
-              !query.excludeAdvertiserIds.has(ads.advertiserId(c.id)) &&
-              !query.blockedCategories.has(ads.category(c.id)),
-          )
-          .map((c) => ({
+      // An Admin write may have landed since Filters ran: re-check what can change live, and drop
+      // ads set or removed since the eligible set was taken (an id reused, targeting changed).
+      const answered = result.candidates.filter(
+        (c) =>
+          !ads.changedAfter(c.id, result.epoch) &&
+          ads.servable(c.id, now) &&
+          !query.excludeAdIds.has(ads.adId(c.id)) &&
+          !query.excludeAdvertiserIds.has(ads.advertiserId(c.id)) &&
+          !query.blockedCategories.has(ads.category(c.id)),
+      );
+      const response: RetrieveResponseMessage = {
+        candidates: answered.map((c) => ({
           ad_id: ads.adId(c.id),
           advertiser_id: ads.advertiserId(c.id),
           campaign_id: ads.campaignId(c.id),
@@ -375,12 +432,14 @@ export class FunnelServer {
                 .map(([k, v]) => `${k}=${v}`)
                 .concat(r.error ? [`error=${r.error}`] : [])
                 .join(' '),
+              dropped: r.dropped,
             }))
           : [],
         request_id: query.requestId,
         pipeline: query.pipeline,
         data_seq: String(result.seq),
       };
+      return { query, pipeline, result, response, returnedIds: answered.map((c) => c.id) };
     } finally {
       call.removeListener('cancelled', onCancel);
       this.inFlight--;
@@ -471,4 +530,53 @@ interface EventMessage {
   type?: string;
   timestamp_ms?: string;
   attributes?: Record<string, { values?: string[] }>;
+}
+
+/** Explain's request as proto-loader decodes it. */
+interface ExplainMessage {
+  request?: Partial<Omit<DecodedRetrieve, 'user_embedding'>> & { user_embedding?: number[] };
+  ad_ids?: string[];
+}
+
+/** The RetrieveResponse message the handlers answer with. */
+interface RetrieveResponseMessage {
+  candidates: { ad_id: string; advertiser_id: string; campaign_id: string; category: string; score: number; sources: string[] }[];
+  degraded: boolean;
+  degraded_stages: string[];
+  stages: unknown[];
+  request_id: string;
+  pipeline: string;
+  data_seq: string;
+}
+
+/** Explain's embedded RetrieveRequest in the shape the Retrieve codec gives (unset fields at their defaults). */
+function retrieveFromMessage(m: ExplainMessage['request']): DecodedRetrieve {
+  const out = blankRetrieve();
+  if (!m) return out;
+  const attributes: Record<string, { values: string[] }> = {};
+  if (lostProtoKey(m.attributes)) throw new Error('attributes: the attribute name "__proto__" is not allowed');
+  for (const [k, v] of Object.entries(m.attributes ?? {})) attributes[k] = { values: v?.values ?? [] };
+  return {
+    ...out,
+    request_id: m.request_id ?? '',
+    user_id: m.user_id ?? '',
+    attributes,
+    user_embedding: Float32Array.from(m.user_embedding ?? []),
+    num_results: m.num_results ?? 0,
+    exclude_ad_ids: m.exclude_ad_ids ?? [],
+    exclude_advertiser_ids: m.exclude_advertiser_ids ?? [],
+    blocked_categories: m.blocked_categories ?? [],
+    pipeline: m.pipeline ?? '',
+    debug: m.debug ?? false,
+  };
+}
+
+/** Runs `fn`; an INVALID_ARGUMENT it throws names its field under `prefix` (Explain's `request.`). */
+function withFieldPrefix<T>(prefix: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (prefix !== '' && err instanceof RpcError && err.code === grpc.status.INVALID_ARGUMENT) throw new RpcError(err.code, prefix + err.details);
+    throw err;
+  }
 }

@@ -12,14 +12,32 @@ import { Filters } from '../stages/filtering/filters';
 import { EarlyRanker } from '../stages/ranking/early-ranker';
 import { Diversifier } from '../stages/diversification/diversifier';
 import { AnnSource } from '../stages/sourcing/ann-source';
-import { TargetingSource } from '../stages/sourcing/targeting-source';
+import { rankerOrderKey, TargetingSource } from '../stages/sourcing/targeting-source';
+import { BID_ORDER, priorKey } from '../serving/prior-order';
 import { PopularitySource } from '../stages/sourcing/popularity-source';
 import { NO_OBSERVER, runStage, skippedReport, type ContextBase, type RunResult, type StageObserver } from './run-stage';
 import type { Candidate, EligibleSet, RetrieveQuery, Stage, StageContext, StageReport } from './types';
 
+/** What each stage handed on, kept when a run is traced (Explain, funnel eval). */
+export interface FunnelTrace {
+  /** A copy of the eligible set's bits (null when Eligibility failed). */
+  eligible: EligibleSet | null;
+  /** Each sourcing stage's list, for the stages that answered. */
+  sourced: Partial<Record<(typeof SOURCE_STAGES)[number], Candidate[]>>;
+  merged: Candidate[];
+  /** What Filters kept: the EarlyRanker's input, each with the score it gave (NaN when it failed). */
+  filtered: Candidate[];
+}
+
 /** The funnel's answer to one request. */
 export interface FunnelResult {
   candidates: Candidate[];
+  /** The EarlyRanker's kept list (before diversification), best first. */
+  ranked: Candidate[];
+  /** Request time the stages used (epoch ms). */
+  nowMs: number;
+  /** Set when the run was traced. */
+  trace?: FunnelTrace;
   /** Stages that failed or ran out of time, in funnel order. */
   degradedStages: string[];
   /** One report per stage, in funnel order (skipped stages included). */
@@ -62,9 +80,11 @@ export class Funnel {
     };
   }
 
-  /** Prepares per-config state (prior orders of every pipeline), off the request path. */
+  /** Prepares per-config state (the static orders every pipeline's Targeting walks), off the request path. */
   prepare(config: Config): void {
-    const used = Object.values(config.pipelines).map((p) => p.stages.Targeting.prior);
+    const used = Object.values(config.pipelines).flatMap((p) =>
+      p.stages.Targeting.order === 'ranker' ? [BID_ORDER, rankerOrderKey(p.stages.EarlyRanker.weights)] : [priorKey(p.stages.Targeting.prior)],
+    );
     for (const e of used) this.state.priorOrder.get(e);
     this.state.priorOrder.retain(used);
   }
@@ -73,7 +93,14 @@ export class Funnel {
    * Runs one request. `deadlineMs` is an absolute epoch-ms deadline bounding every stage.
    * Never throws for a stage failure; the caller decides what a passed deadline means.
    */
-  async run(query: RetrieveQuery, pipeline: PipelineConfig, deadlineMs: number, signal: AbortSignal, observer: StageObserver = this.observer): Promise<FunnelResult> {
+  async run(
+    query: RetrieveQuery,
+    pipeline: PipelineConfig,
+    deadlineMs: number,
+    signal: AbortSignal,
+    observer: StageObserver = this.observer,
+    traced = false,
+  ): Promise<FunnelResult> {
     const nowMs = Date.now();
     const reports: StageReport[] = [];
     const degraded: string[] = [];
@@ -111,6 +138,9 @@ export class Funnel {
       );
       const eligible = elig.ok ? elig.value : null;
       base = { ...base, eligible };
+      const trace: FunnelTrace | undefined = traced
+        ? { eligible: eligible && { ...eligible, bits: eligible.bits.slice() }, sourced: {}, merged: [], filtered: [] }
+        : undefined;
 
       const runs = SOURCE_STAGES.map(async (name) => {
         const cfg = stages[name];
@@ -129,7 +159,10 @@ export class Funnel {
       for (const s of await Promise.all(runs)) {
         if ('result' in s && s.result) {
           record(s.result, s.byDeadline);
-          if (s.result.ok) sourced.push(s.result.value);
+          if (s.result.ok) {
+            sourced.push(s.result.value);
+            if (trace) trace.sourced[s.name] = s.result.value;
+          }
         } else {
           reports.push(s.report);
         }
@@ -144,6 +177,10 @@ export class Funnel {
         await runStage(this.filters, base, merged.ok ? merged.value : [], { timeoutMs: stages.Filters.timeout_ms, fault: stages.Filters.fault }, observer, signal),
       );
       const kept = filtered.ok ? filtered.value : [];
+      if (trace) {
+        trace.merged = merged.ok ? merged.value : [];
+        trace.filtered = kept;
+      }
       const ranked = record(
         await runStage(this.ranker, base, kept, { timeoutMs: stages.EarlyRanker.timeout_ms, fault: stages.EarlyRanker.fault }, observer, signal),
       );
@@ -152,7 +189,17 @@ export class Funnel {
         await runStage(this.diversifier, base, rankedList, { timeoutMs: stages.Diversifier.timeout_ms, fault: stages.Diversifier.fault }, observer, signal),
       );
       const candidates = diversified.ok ? diversified.value : rankedList.slice(0, query.numResults);
-      return { candidates, degradedStages: degraded, reports, deadlineExceeded: deadlineCut || Date.now() > deadlineMs, seq, epoch: eligible ? eligible.epoch : -1 };
+      return {
+        candidates,
+        ranked: rankedList,
+        nowMs,
+        trace,
+        degradedStages: degraded,
+        reports,
+        deadlineExceeded: deadlineCut || Date.now() > deadlineMs,
+        seq,
+        epoch: eligible ? eligible.epoch : -1,
+      };
     } finally {
       // Bitsets go back to the pool once no stage (and no native call of a timed-out stage) reads them.
       const bufs = this.buffers.get(query as object);

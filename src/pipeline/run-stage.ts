@@ -59,12 +59,12 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-/** Base of a stage context: everything but the per-stage signal and note. */
-export type ContextBase = Omit<StageContext, 'signal' | 'note'>;
+/** Base of a stage context: everything but the per-stage signal, note and drop. */
+export type ContextBase = Omit<StageContext, 'signal' | 'note' | 'drop'>;
 
 /** A report for a stage that did not run. */
 export function skippedReport(name: string, reason: string): StageReport {
-  return { name, status: 'skipped', candidatesIn: 0, candidatesOut: 0, latencyMs: 0, detail: { reason } };
+  return { name, status: 'skipped', candidatesIn: 0, candidatesOut: 0, latencyMs: 0, detail: { reason }, dropped: {} };
 }
 
 /** Runs `stage` on `input`; never throws. */
@@ -78,6 +78,7 @@ export async function runStage<In, Out>(
 ): Promise<RunResult<Out>> {
   const started = process.hrtime.bigint();
   const detail: Record<string, string | number | boolean> = {};
+  const dropped: Record<string, number> = {};
   const controller = new AbortController();
   const onParentAbort = () => controller.abort(parentSignal.reason);
   if (parentSignal.aborted) controller.abort(parentSignal.reason);
@@ -88,6 +89,9 @@ export async function runStage<In, Out>(
     note: (k, v) => {
       detail[k] = v;
     },
+    drop: (reason, n) => {
+      if (n > 0) dropped[reason] = (dropped[reason] ?? 0) + n;
+    },
   };
   const end = observer.start(stage.name, ctx);
   const report: StageReport = {
@@ -97,6 +101,7 @@ export async function runStage<In, Out>(
     candidatesOut: 0,
     latencyMs: 0,
     detail,
+    dropped,
   };
   const limit = Math.max(0, options.timeoutMs);
   report.limitMs = limit;

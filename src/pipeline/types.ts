@@ -64,6 +64,8 @@ export interface VectorSource {
   get(id: number): Float32Array | undefined;
   /** Optional batch read: copies the vectors of `ids` into `out` (row-major, zeros when absent); returns how many were present. One native call instead of one per id. */
   gather?(ids: Uint32Array, out: Float32Array): number;
+  /** Optional: an upper bound of the length of every stored vector (stays valid as vectors change). */
+  readonly normBound?: number;
 }
 
 /** Time-decayed engagement, read by the Popularity source and the EarlyRanker. */
@@ -72,6 +74,8 @@ export interface PopularityView {
   ranked(segment?: { attribute: string; value: string }): Uint32Array;
   /** Smoothed decayed click-through rate of `id` at `nowMs`: clicks / (impressions + prior). */
   rate(id: number, nowMs: number): number;
+  /** Optional: an upper bound of rate(id, t) for every id and every t from now on (rates only decay between events). */
+  rateBound?(): number;
 }
 
 /** What a stage sees of the serving state (one consistent view per request). */
@@ -97,6 +101,8 @@ export interface StageContext {
   readonly eligible: EligibleSet | null;
   /** Adds a key=value to the stage's detail (StageStats.detail, span attributes). */
   note(key: string, value: string | number | boolean): void;
+  /** Counts `count` candidates this stage removed for `reason` (a reason code README lists; adds up over calls). */
+  drop(reason: string, count: number): void;
 }
 
 /** A funnel stage: a name (also its config key) and business logic only. */
@@ -115,5 +121,7 @@ export interface StageReport {
   /** The time limit the stage ran under, ms (absent for skipped stages). */
   limitMs?: number;
   detail: Record<string, string | number | boolean>;
+  /** Candidates the stage removed, by reason code (only reasons with a count > 0). */
+  dropped: Record<string, number>;
   error?: string;
 }

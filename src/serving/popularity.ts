@@ -92,6 +92,8 @@ export interface PopularityUpdate {
 export class PopularityState implements PopularityView {
   private readonly segments = new Map<string, Segment>();
   private config: PopularityConfig;
+  /** Largest rate() seen right after a load or an update: rates only decay between events, so it bounds every later rate. */
+  private rateMax = 0;
 
   constructor(config: PopularityConfig) {
     this.config = config;
@@ -106,13 +108,30 @@ export class PopularityState implements PopularityView {
         for (const [id, c] of seg.counters) seg.update(id, { li: c.li * f, lc: c.lc * f });
       }
     }
+    const priorChanged = config.prior_impressions !== this.config.prior_impressions;
     this.config = config;
+    if (priorChanged) {
+      this.rateMax = 0;
+      const now = Date.now();
+      for (const id of this.segments.get('')!.counters.keys()) this.noteRate(id, now);
+    }
   }
 
   /** Loads a persisted record (at startup). */
   load(id: number, segment: string, r: PopularityRecord): void {
     const f = r.hl / this.config.half_life_s;
     this.segment(segment).update(id, { li: r.li * f, lc: r.lc * f });
+    if (segment === '') this.noteRate(id, Date.now());
+  }
+
+  private noteRate(id: number, nowMs: number): void {
+    const r = this.rate(id, nowMs);
+    if (r > this.rateMax) this.rateMax = r;
+  }
+
+  /** An upper bound of rate(id, t) for every id and every t from now on. */
+  rateBound(): number {
+    return this.rateMax;
   }
 
   private segment(key: string): Segment {
@@ -158,6 +177,8 @@ export class PopularityState implements PopularityView {
       const f = u.record.hl / this.config.half_life_s;
       this.segment(u.segment).update(u.id, { li: u.record.li * f, lc: u.record.lc * f });
     }
+    const now = Date.now();
+    for (const u of updates) if (u.segment === '') this.noteRate(u.id, now);
   }
 
   /** Forgets an ad (deleted). */

@@ -115,6 +115,8 @@ export class ServingState implements ServingView {
   private annChanges = 0;
   private vectorsOf: HnswIndex | undefined;
   private vectorsView: VectorSource | null = null;
+  /** Largest vector length seen (load and upserts; never lowered, so it stays an upper bound). */
+  private normMax = 0;
   private closed = false;
 
   private constructor(
@@ -166,11 +168,30 @@ export class ServingState implements ServingView {
       records++;
     }
     this.priorOrder.rebuild(this.ads);
+    this.noteNorms([...this.ads.ids()]);
     this.recomputeServable(started);
     this.log.info(
       { ads: this.ads.size, servable: this.servableCount, popularity_records: records, seconds: (Date.now() - started) / 1000 },
       'catalog loaded',
     );
+  }
+
+  /** Raises the vector length bound to cover the stored vectors of `ids` (read in batches). */
+  private noteNorms(ids: readonly number[]): void {
+    const ann = this.ann_;
+    const dim = ann.dim;
+    if (ann.size === 0 || dim === 0) return;
+    const batch = 4096;
+    const rows = new Float32Array(batch * dim);
+    for (let at = 0; at < ids.length; at += batch) {
+      const part = Uint32Array.from(ids.slice(at, at + batch));
+      ann.gatherVectors(part, rows);
+      for (let i = 0; i < part.length; i++) {
+        let ss = 0;
+        for (let j = i * dim, end = j + dim; j < end; j++) ss += rows[j] * rows[j];
+        if (ss > this.normMax * this.normMax) this.normMax = Math.sqrt(ss);
+      }
+    }
   }
 
   /** Starts the once-a-second upkeep (flight windows opening and closing, UTC day rollover). */
@@ -256,6 +277,9 @@ export class ServingState implements ServingView {
         get: (id: number) => (ann.has(id) ? ann.getVector(id) : undefined),
         gather: (ids: Uint32Array, out: Float32Array) => ann.gatherVectors(ids, out),
       };
+      const self = this;
+      // 1e-6 of headroom: the rows are float32, their lengths summed here in float64.
+      Object.defineProperty(this.vectorsView, 'normBound', { get: () => (ann.metric === 'cos' ? 1 : self.normMax) * (1 + 1e-6), enumerable: true });
     }
     return this.vectorsView;
   }
@@ -314,6 +338,7 @@ export class ServingState implements ServingView {
       });
       this.priorOrder.update(this.ads, touched);
       await this.ann.addBatchAsync(ids, vectors, 1);
+      this.noteNorms(touched);
       this.updateServable(touched, now);
       this.annChanged(rows.length);
       return { seq: result.seq, inserted: result.inserted, updated: result.updated };

@@ -62,13 +62,22 @@ export class Eligibility implements Stage<void, EligibleSet> {
     // changed targeting) is later dropped by Filters instead of trusted with a stale bit.
     const epoch = ads.epoch;
     const m = await targeting.matchAsync(attrs, { within: servable.bits, out });
-    let count = m.count;
     const q = ctx.query;
-    for (const adId of q.excludeAdIds) if (clear(m.bits, ads.idOf(adId))) count--;
-    for (const adv of q.excludeAdvertiserIds) for (const id of ads.idsOfAdvertiser(adv)) if (clear(m.bits, id)) count--;
-    for (const cat of q.blockedCategories) for (const id of ads.idsOfCategory(cat)) if (clear(m.bits, id)) count--;
+    let excludedAds = 0;
+    let excludedAdvertisers = 0;
+    let blocked = 0;
+    for (const adId of q.excludeAdIds) if (clear(m.bits, ads.idOf(adId))) excludedAds++;
+    for (const adv of q.excludeAdvertiserIds) for (const id of ads.idsOfAdvertiser(adv)) if (clear(m.bits, id)) excludedAdvertisers++;
+    for (const cat of q.blockedCategories) for (const id of ads.idsOfCategory(cat)) if (clear(m.bits, id)) blocked++;
     ctx.note('servable', servable.count);
     ctx.note('matched', m.count);
-    return { bits: m.bits, count, epoch };
+    // Removed from the catalog, in the order Explain names reasons: not servable (paused, out of
+    // flight, over budget), then targeting, then each exclusion.
+    ctx.drop('not_servable', Math.max(0, ads.size - servable.count));
+    ctx.drop('targeting', Math.max(0, servable.count - m.count));
+    ctx.drop('excluded_ad', excludedAds);
+    ctx.drop('excluded_advertiser', excludedAdvertisers);
+    ctx.drop('blocked_category', blocked);
+    return { bits: m.bits, count: m.count - excludedAds - excludedAdvertisers - blocked, epoch };
   }
 }

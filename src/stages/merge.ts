@@ -46,6 +46,17 @@ export class Merge implements Stage<Candidate[][], Candidate[]> {
     }
     ctx.note('duplicates', duplicates);
     const n = merged.length;
+    const eligible = ctx.eligible;
+    if (eligible) {
+      // Eligible ads no source returned: the funnel's sourcing loss.
+      const bits = eligible.bits;
+      let sourced = 0;
+      for (let i = 0; i < n; i++) {
+        const id = merged[i].id;
+        if (id >>> 5 < bits.length && (bits[id >>> 5] >>> (id & 31)) & 1) sourced++;
+      }
+      ctx.drop('not_sourced', eligible.count - sourced);
+    }
     const out = new Array<Candidate>(n);
     // The usual case (integer ranks, few lists) sorts packed numeric keys natively, with no
     // comparator calls; any other input falls back to a comparator sort with the same order.

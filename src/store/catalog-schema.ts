@@ -7,7 +7,8 @@ import { z } from 'zod';
 /** Largest embedding dimension accepted. */
 export const MAX_DIM = 4096;
 
-const AD_ID = /^[A-Za-z0-9._:/-]{1,128}$/;
+/** What an ad_id may be (CONTRACT section 1): 1-128 characters of [A-Za-z0-9._:/-]. */
+export const AD_ID = /^[A-Za-z0-9._:/-]{1,128}$/;
 // RFC 3339 date-time: full date, 'T' (or 't' / space), time with optional fraction, and a zone.
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 

@@ -18,6 +18,7 @@ export const METRIC_NAMES = [
   'funnel_stage_runs_total',
   'funnel_stage_candidates_in_total',
   'funnel_stage_candidates_out_total',
+  'funnel_stage_dropped_total',
   'funnel_retrieve_total',
   'funnel_retrieve_degraded_total',
   'funnel_degraded_stages_total',
@@ -30,6 +31,7 @@ export const METRIC_NAMES = [
   'funnel_config_reloads_total',
   'funnel_data_seq',
   'funnel_trace_spans_total',
+  'funnel_request_log_lines_total',
 ] as const;
 
 /** Latency buckets, seconds: sub-millisecond stages up to multi-second outliers. */
@@ -55,11 +57,14 @@ export class Metrics {
   private readonly stageRuns: Counter<'stage' | 'pipeline' | 'status'>;
   private readonly stageIn: Counter<'stage' | 'pipeline'>;
   private readonly stageOut: Counter<'stage' | 'pipeline'>;
+  private readonly stageDropped: Counter<'stage' | 'reason'>;
+  private readonly droppedChildren = new Map<string, ReturnType<Counter['labels']>>();
   private readonly retrieves: Counter<'pipeline' | 'arm'>;
   private readonly retrievesDegraded: Counter<'pipeline' | 'arm'>;
   private readonly degradedStages: Counter<'stage' | 'pipeline'>;
   private readonly shed: Counter<'reason'>;
   private readonly reloads: Counter<'result'>;
+  private readonly requestLog: Record<'written' | 'dropped', ReturnType<Counter['labels']>>;
   private source: MetricsSource | undefined;
   private readonly rpcChildren = new Map<string, { requests: ReturnType<Counter['labels']>; duration: ReturnType<Histogram['labels']> }>();
   private readonly stageChildren = new Map<
@@ -77,6 +82,7 @@ export class Metrics {
     this.stageRuns = new Counter({ name: 'funnel_stage_runs_total', help: 'Funnel stage runs, by stage, pipeline and outcome (ok, timeout, error, skipped)', labelNames: ['stage', 'pipeline', 'status'], registers: [r] });
     this.stageIn = new Counter({ name: 'funnel_stage_candidates_in_total', help: 'Candidates entering each stage', labelNames: ['stage', 'pipeline'], registers: [r] });
     this.stageOut = new Counter({ name: 'funnel_stage_candidates_out_total', help: 'Candidates leaving each stage', labelNames: ['stage', 'pipeline'], registers: [r] });
+    this.stageDropped = new Counter({ name: 'funnel_stage_dropped_total', help: 'Candidates (ads, for Eligibility and Merge) each stage removed, by reason code (README lists them)', labelNames: ['stage', 'reason'], registers: [r] });
     this.retrieves = new Counter({ name: 'funnel_retrieve_total', help: 'Retrieve answers, by pipeline and experiment arm', labelNames: ['pipeline', 'arm'], registers: [r] });
     this.retrievesDegraded = new Counter({ name: 'funnel_retrieve_degraded_total', help: 'Retrieve answers with at least one degraded stage', labelNames: ['pipeline', 'arm'], registers: [r] });
     this.degradedStages = new Counter({ name: 'funnel_degraded_stages_total', help: 'Stages dropped from an answer (failed or timed out)', labelNames: ['stage', 'pipeline'], registers: [r] });
@@ -85,6 +91,15 @@ export class Metrics {
     // Both series exist from the start, so increase() sees the first failure.
     this.reloads.inc({ result: 'ok' }, 0);
     this.reloads.inc({ result: 'error' }, 0);
+    const requestLogLines = new Counter({
+      name: 'funnel_request_log_lines_total',
+      help: 'Lines of the Retrieve request log (--request-log), by result: written, or dropped (queue full, write failed)',
+      labelNames: ['result'],
+      registers: [r],
+    });
+    this.requestLog = { written: requestLogLines.labels({ result: 'written' }), dropped: requestLogLines.labels({ result: 'dropped' }) };
+    this.requestLog.written.inc(0);
+    this.requestLog.dropped.inc(0);
     const self = this;
     new Gauge({
       name: 'funnel_inflight_requests',
@@ -209,6 +224,12 @@ export class Metrics {
     c.duration.observe(r.latencyMs / 1000);
     c.in.inc(r.candidatesIn);
     c.out.inc(r.candidatesOut);
+    for (const reason in r.dropped) {
+      const dkey = `${r.name}\u0000${reason}`;
+      let d = this.droppedChildren.get(dkey);
+      if (!d) this.droppedChildren.set(dkey, (d = this.stageDropped.labels({ stage: r.name, reason })));
+      d.inc(r.dropped[reason]);
+    }
   }
 
   /** Records one Retrieve answer. */
@@ -222,6 +243,11 @@ export class Metrics {
   /** Records a shed call. */
   shedRequest(reason: 'max_in_flight' | 'event_loop_lag'): void {
     this.shed.inc({ reason });
+  }
+
+  /** Counts `n` request-log lines written or dropped. */
+  requestLogLines(result: 'written' | 'dropped', n: number): void {
+    this.requestLog[result].inc(n);
   }
 
   /** Records a config reload. */

@@ -165,6 +165,7 @@ export class RequestTrace {
           if (r.limitMs !== undefined) attrs.push('funnel.stage.timeout_ms', r.limitMs);
           const names = namesOf(name);
           for (const k in r.detail) attrs.push(names.prefix + k, r.detail[k]);
+          for (const k in r.dropped) attrs.push('funnel.dropped.' + k, r.dropped[k]);
           const failed = r.status === 'timeout' || r.status === 'error';
           const row: SpanRow = [
             this.traceId,

@@ -8,7 +8,7 @@ describe('config load', () => {
   it('when the file is empty, then every default is filled in', () => {
     const c = parseConfigText('');
     assert.deepEqual(c, defaultConfig());
-    assert.equal(c.pipelines.default.stages.Ann.k, 100);
+    assert.equal(c.pipelines.default.stages.Ann.k, 50);
     assert.equal(c.limits.max_num_results, 500);
     assert.deepEqual(c.experiments, { salt: '', buckets: 100, arms: [] });
   });

@@ -245,4 +245,18 @@ describe('metrics', () => {
     assert.equal((await get(port, '/nope')).status, 404);
     assert.equal((await get(port, '/metrics?x=1')).status, 200);
   });
+
+  it('when request-log lines are counted, then funnel_request_log_lines_total moves by as many under each result (both series exist from the start)', async () => {
+    const before = await scrape();
+    assert.equal(before.types.get('funnel_request_log_lines_total'), 'counter');
+    assert.equal(before.find('funnel_request_log_lines_total', { result: 'written' }).length, 1);
+    assert.equal(before.find('funnel_request_log_lines_total', { result: 'dropped' }).length, 1);
+    s.running.metrics.requestLogLines('written', 5);
+    s.running.metrics.requestLogLines('dropped', 2);
+    s.running.metrics.requestLogLines('written', 1);
+    const after = await scrape();
+    const delta = (result: string) => after.one('funnel_request_log_lines_total', { result }) - before.one('funnel_request_log_lines_total', { result });
+    assert.equal(delta('written'), 6);
+    assert.equal(delta('dropped'), 2);
+  });
 });

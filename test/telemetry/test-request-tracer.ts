@@ -25,7 +25,7 @@ class Collect implements SpanSink {
 }
 
 function report(name: string, over: Partial<StageReport> = {}): StageReport {
-  return { name, status: 'ok', candidatesIn: 10, candidatesOut: 4, latencyMs: 1, limitMs: 20, detail: {}, ...over };
+  return { name, status: 'ok', candidatesIn: 10, candidatesOut: 4, latencyMs: 1, limitMs: 20, detail: {}, dropped: {}, ...over };
 }
 
 const CALLER_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';

@@ -6,12 +6,19 @@ import type { Candidate, Stage, StageContext, VectorSource } from '../../pipelin
 import type { AdTable } from '../../serving/ad-table';
 import { dotRows } from '../../native/index';
 
-/** Keeps candidates (ranked best first) in order while their advertiser has fewer than `maxPerAdvertiser` and their category fewer than `maxPerCategory` kept; returns the survivors. */
+/** Candidates applyCaps removed: by the advertiser cap (checked first), and by the category cap. */
+export interface CapCounts {
+  advertiser: number;
+  category: number;
+}
+
+/** Keeps candidates (ranked best first) in order while their advertiser has fewer than `maxPerAdvertiser` and their category fewer than `maxPerCategory` kept; returns the survivors and adds what each cap removed to `counts`. */
 export function applyCaps(
   input: readonly Candidate[],
   ads: Pick<AdTable, 'advertiserKey' | 'categoryKey'>,
   maxPerAdvertiser: number,
   maxPerCategory: number,
+  counts?: CapCounts,
 ): Candidate[] {
   const out: Candidate[] = [];
   const perAdvertiser = new Map<number, number>();
@@ -22,7 +29,13 @@ export function applyCaps(
     const k = ads.categoryKey(c.id);
     const na = perAdvertiser.get(a) ?? 0;
     const nk = perCategory.get(k) ?? 0;
-    if (na >= maxPerAdvertiser || nk >= maxPerCategory) continue;
+    if (na >= maxPerAdvertiser || nk >= maxPerCategory) {
+      if (counts) {
+        if (na >= maxPerAdvertiser) counts.advertiser++;
+        else counts.category++;
+      }
+      continue;
+    }
     perAdvertiser.set(a, na + 1);
     perCategory.set(k, nk + 1);
     out.push(c);
@@ -191,8 +204,12 @@ export class Diversifier implements Stage<Candidate[], Candidate[]> {
     const ads = ctx.state.ads;
     const vectors = ctx.state.vectors;
     const n = Math.max(0, ctx.query.numResults);
-    const survivors = applyCaps(input, ads, cfg.max_per_advertiser, cfg.max_per_category);
+    const caps: CapCounts = { advertiser: 0, category: 0 };
+    const survivors = applyCaps(input, ads, cfg.max_per_advertiser, cfg.max_per_category, caps);
     ctx.note('capped', input.length - survivors.length);
+    ctx.drop('advertiser_cap', caps.advertiser);
+    ctx.drop('category_cap', caps.category);
+    ctx.drop('below_cutoff', Math.max(0, survivors.length - n));
     if (cfg.mmr_depth === 0 || !(cfg.mmr_lambda < 1) || vectors === null || survivors.length < 2 || n < 2) {
       return survivors.length > n ? survivors.slice(0, n) : survivors;
     }

@@ -48,9 +48,7 @@ export class Filters implements Stage<Candidate[], Candidate[]> {
     const eligible = ctx.eligible;
     if (eligible === null) {
       // No eligible set (its stage failed): nothing is provably eligible, so nothing is returned.
-      ctx.note('dropped_ineligible', input.length);
-      ctx.note('dropped_duplicate', 0);
-      ctx.note('dropped_pacing', 0);
+      ctx.drop('ineligible', input.length);
       return out;
     }
     const ads = ctx.state.ads;
@@ -99,9 +97,9 @@ export class Filters implements Stage<Candidate[], Candidate[]> {
       }
       out.push(c);
     }
-    ctx.note('dropped_ineligible', ineligible);
-    ctx.note('dropped_duplicate', duplicate);
-    ctx.note('dropped_pacing', paced);
+    ctx.drop('ineligible', ineligible);
+    ctx.drop('duplicate', duplicate);
+    ctx.drop('paced', paced);
     return out;
   }
 }

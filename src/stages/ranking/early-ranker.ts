@@ -222,6 +222,7 @@ export class EarlyRanker implements Stage<Candidate[], Candidate[]> {
     }
     const k = Math.min(keep, input.length);
     ctx.note('ranked', input.length);
+    ctx.drop('below_keep', input.length - k);
     return k > 0 ? topSorted(input, k) : [];
   }
 }

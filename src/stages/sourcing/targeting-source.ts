@@ -1,12 +1,75 @@
 /**
- * Targeting sourcing: eligible ads in the order of a prior (bid^a * quality^b * ctr_prior^c).
- * It walks the precomputed prior order and keeps eligible ids (about k / selectivity steps), or,
- * when few ads are eligible, scans the eligible bitset and keeps the best k by prior: whichever
- * the eligible count says is cheaper.
+ * Targeting sourcing: the eligible ads the EarlyRanker would score best, found without scoring
+ * every eligible ad.
+ *
+ * `order: ranker` (default) is a threshold walk (Fagin's TA) over two static orders of the
+ * catalog: by bid, and by the static part of the ranker's log eCPM (log bid + w_ctr * logit
+ * ctr_prior + w_quality * quality). Every eligible ad read from either order is scored exactly
+ * as the EarlyRanker scores it, less the source indicators (they say how an ad was found, not
+ * what it is worth: the reference `funnel eval` measures against leaves them out too). An ad
+ * read from neither has bid <= b (the next bid) and static key <= K (the next key), and its
+ * dynamic logit part (bias, similarity, click rate) is at most T, from bounds on the vectors'
+ * lengths and the click rates; since
+ * bid * sigmoid(key - log bid + T) grows with the bid, no unread ad scores above
+ * b * sigmoid(K - log b + T). The walk stops once its k-th best score reaches that bound, so
+ * its k are the eligible set's exact top k by the ranker's score; or at `max_steps` entries.
+ *
+ * `order: prior` keeps the best k eligible ads by a prior (bid^a * quality^b * ctr_prior^c):
+ * walking the precomputed order (about k / selectivity steps) or, when few ads are eligible,
+ * scanning the eligible bitset, whichever the eligible count says is cheaper.
  */
-import { SOURCE_BIT, type Candidate, type Stage, type StageContext } from '../../pipeline/types';
+import type { EarlyRankerStageConfig, TargetingStageConfig } from '../../config/schema';
+import { SOURCE_BIT, type Candidate, type EligibleSet, type Stage, type StageContext } from '../../pipeline/types';
 import type { AdTable } from '../../serving/ad-table';
-import { priorOf, type PriorOrder } from '../../serving/prior-order';
+import { BID_ORDER, LOG_ZERO, priorOf, type PriorOrder } from '../../serving/prior-order';
+import { ecpm, prepareQuery, sigmoid, similarity, type PreparedQuery } from '../ranking/early-ranker';
+
+/** Eligible ids taken from each order per round of the walk (one vector gather per round). */
+const ROUND = 32;
+
+/** similarity() of `q` and the row at `offset` of `rows` (no view allocated per row). */
+function similarityAt(q: PreparedQuery, rows: Float32Array, offset: number): number {
+  const a = q.values;
+  const n = a.length;
+  let s = 0;
+  if (q.metric === 'l2') {
+    for (let i = 0; i < n; i++) {
+      const d = a[i] - rows[offset + i];
+      s += d * d;
+    }
+    return -s;
+  }
+  for (let i = 0; i < n; i++) s += a[i] * rows[offset + i];
+  return s;
+}
+
+/** The ranker's static-key order of a pipeline's weights. */
+export function rankerOrderKey(w: EarlyRankerStageConfig['weights']) {
+  return { kind: 'ranker' as const, w: { ctr_prior_logit: w.ctr_prior_logit, quality: w.quality } };
+}
+
+/**
+ * Upper bound of the dynamic part of the ranker's logit without source indicators (bias + w_sim
+ * * similarity + w_pop * click rate) for any ad: Infinity when a bound is unknown.
+ */
+export function dynamicBound(w: EarlyRankerStageConfig['weights'], query: PreparedQuery | null, normBound: number | undefined, rateBound: number | undefined): number {
+  let sim = 0;
+  if (query !== null && w.ann_similarity !== 0) {
+    let qn = 0;
+    for (let i = 0; i < query.values.length; i++) qn += query.values[i] * query.values[i];
+    qn = Math.sqrt(qn);
+    const nb = normBound ?? Infinity;
+    let lo: number;
+    let hi: number;
+    if (query.metric === 'cos') [lo, hi] = [-1, 1];
+    else if (query.metric === 'ip') [lo, hi] = [-qn * nb, qn * nb];
+    else [lo, hi] = [-((qn + nb) ** 2), 0];
+    sim = w.ann_similarity > 0 ? w.ann_similarity * hi : w.ann_similarity * lo;
+  }
+  const pop = w.popularity_rate > 0 ? w.popularity_rate * (rateBound ?? 1) : 0;
+  const t = w.bias + sim + pop;
+  return Number.isNaN(t) ? Infinity : t;
+}
 
 /** Top-k of (key, id) by key descending, ties by id ascending; a small binary heap. */
 function topByScan(bits: Uint32Array, k: number, key: (id: number) => number): number[] {
@@ -58,9 +121,13 @@ function topByScan(bits: Uint32Array, k: number, key: (id: number) => number): n
   return idx.map((i) => heapId[i]);
 }
 
-/** Targeting candidates, best prior first. */
+/** Targeting candidates, best first (by the ranker's score without source indicators for `order: ranker`, by prior otherwise). */
 export class TargetingSource implements Stage<void, Candidate[]> {
   readonly name = 'Targeting';
+  // Which ids the current walk has read: stamp[id] === walk number. Walks are synchronous, so
+  // one array serves every request without clearing.
+  private stamp = new Uint32Array(0);
+  private walks = 0;
   constructor(
     private readonly ads: AdTable,
     private readonly orders: PriorOrder,
@@ -70,6 +137,7 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     const cfg = ctx.pipeline.stages.Targeting;
     const eligible = ctx.eligible;
     if (!eligible || eligible.count === 0) return [];
+    if (cfg.order === 'ranker') return this.walk(ctx, cfg, eligible);
     const bits = eligible.bits;
     const order = this.orders.get(cfg.prior);
     const k = Math.min(cfg.k, eligible.count);
@@ -92,5 +160,153 @@ export class TargetingSource implements Stage<void, Candidate[]> {
       ids = topByScan(bits, k, (id) => (this.ads.has(id) ? priorOf(this.ads, id, cfg.prior) : -1));
     }
     return ids.map((id, i) => ({ id, sources: SOURCE_BIT.Targeting, annScore: NaN, sourceRank: i, score: NaN }));
+  }
+
+  /** The threshold walk of `order: ranker` (see the file's comment). */
+  private walk(ctx: StageContext, cfg: TargetingStageConfig, eligible: EligibleSet): Candidate[] {
+    const ads = this.ads;
+    const w = ctx.pipeline.stages.EarlyRanker.weights;
+    const bidOrder = this.orders.get(BID_ORDER);
+    const { ids: keyOrder, keys } = this.orders.withKeys(rankerOrderKey(w));
+    const bits = eligible.bits;
+    const k = Math.min(cfg.k, eligible.count);
+    const { vectors, popularity } = ctx.state;
+    const query = prepareQuery(ctx.query.embedding, vectors);
+    const t = dynamicBound(w, query, vectors?.normBound, popularity.rateBound?.());
+    const dim = vectors?.dim ?? 0;
+    const gather = query !== null && vectors !== null && vectors.gather ? vectors.gather.bind(vectors) : null;
+    const batchIds = new Uint32Array(2 * ROUND);
+    const rows = new Float32Array(gather ? 2 * ROUND * dim : 0);
+    const now = ctx.nowMs;
+    // Top k by score: a min-heap (root = worst kept) over parallel arrays.
+    const heapS = new Float64Array(k);
+    const heapId = new Int32Array(k);
+    const heapSim = new Float64Array(k);
+    let size = 0;
+    const worse = (i: number, j: number) => heapS[i] < heapS[j] || (heapS[i] === heapS[j] && heapId[i] > heapId[j]);
+    const swap = (i: number, j: number) => {
+      let x = heapS[i];
+      heapS[i] = heapS[j];
+      heapS[j] = x;
+      x = heapId[i];
+      heapId[i] = heapId[j];
+      heapId[j] = x;
+      x = heapSim[i];
+      heapSim[i] = heapSim[j];
+      heapSim[j] = x;
+    };
+    const down = (i: number) => {
+      for (;;) {
+        const l = 2 * i + 1;
+        let m = i;
+        if (l < size && worse(l, m)) m = l;
+        if (l + 1 < size && worse(l + 1, m)) m = l + 1;
+        if (m === i) return;
+        swap(i, m);
+        i = m;
+      }
+    };
+    const push = (s: number, id: number, sim: number) => {
+      if (size < k) {
+        heapS[size] = s;
+        heapId[size] = id;
+        heapSim[size] = sim;
+        let i = size++;
+        while (i > 0) {
+          const p = (i - 1) >> 1;
+          if (!worse(i, p)) break;
+          swap(i, p);
+          i = p;
+        }
+      } else if (s > heapS[0] || (s === heapS[0] && id < heapId[0])) {
+        heapS[0] = s;
+        heapId[0] = id;
+        heapSim[0] = sim;
+        down(0);
+      }
+    };
+    if (this.stamp.length < ads.capacity) this.stamp = new Uint32Array(Math.max(ads.capacity, this.stamp.length * 2));
+    if (++this.walks === 0xffffffff) {
+      this.stamp.fill(0);
+      this.walks = 1;
+    }
+    const stamp = this.stamp;
+    const walk = this.walks;
+    // The static part of the logit is the order's key less log bid: read, not recomputed.
+    const wt = w.bias;
+    const wSim = w.ann_similarity;
+    const wPop = w.popularity_rate;
+    let pb = 0;
+    let pk = 0;
+    let steps = 0;
+    let scored = 0;
+    let stop = 'exhausted';
+    // Takes up to ROUND unseen eligible ids from `order` starting at `at` into batchIds[from..];
+    // returns the next position (the ids taken end at `taken`).
+    let taken = 0;
+    const take = (order: readonly number[], at: number, from: number, want: number): number => {
+      let n = from;
+      while (at < order.length && n - from < want && steps < cfg.max_steps) {
+        const id = order[at++];
+        steps++;
+        if (id >>> 5 >= bits.length || ((bits[id >>> 5] >>> (id & 31)) & 1) === 0 || stamp[id] === walk) continue;
+        stamp[id] = walk;
+        batchIds[n++] = id;
+      }
+      taken = n;
+      return at;
+    };
+    // Each round reads 2 x ROUND eligible ads, split between the orders by how much each lowers
+    // the bound: log bound = log b + log sigmoid(x), x = K - log b + T, moves by sigmoid(x) per unit
+    // of log b and by 1 - sigmoid(x) per unit of K. A saturated pCTR makes it a walk by bid, a
+    // small one a walk by key; either split keeps the bound valid.
+    let share = 0.5;
+    for (;;) {
+      const fromBid = Math.round(2 * ROUND * share);
+      pb = take(bidOrder, pb, 0, fromBid);
+      pk = take(keyOrder, pk, taken, 2 * ROUND - fromBid);
+      const n = taken;
+      if (n > 0 && gather) gather(batchIds.subarray(0, n), rows.subarray(0, n * dim));
+      for (let i = 0; i < n; i++) {
+        const id = batchIds[i];
+        const bid = ads.bidMicros(id);
+        let sim = 0;
+        if (query !== null) {
+          if (gather) sim = similarityAt(query, rows, i * dim);
+          else {
+            const v = vectors?.get(id);
+            sim = v !== undefined ? similarity(query, v) : 0;
+          }
+        }
+        const z = wt + (bid > 0 ? keys[id] - Math.log(bid) : 0) + wSim * sim + (wPop !== 0 ? wPop * popularity.rate(id, now) : 0);
+        const s = ecpm(bid, sigmoid(z));
+        push(Number.isNaN(s) ? 0 : s, id, sim);
+      }
+      scored += n;
+      // Either order read to its end: every eligible ad has been scored.
+      if (pb >= bidOrder.length || pk >= keyOrder.length) break;
+      const b = ads.bidMicros(bidOrder[pb]);
+      const x = keys[keyOrder[pk]] - Math.log(b) + t;
+      const bound = b > 0 && keys[keyOrder[pk]] > LOG_ZERO ? ecpm(b, sigmoid(x)) : 0;
+      if (size >= k && heapS[0] >= bound) {
+        stop = 'bound';
+        break;
+      }
+      // At least one of 2 x ROUND from each order, so that neither stalls.
+      share = Number.isNaN(x) ? 0.5 : Math.min(1 - 0.5 / ROUND, Math.max(0.5 / ROUND, sigmoid(x)));
+      if (steps >= cfg.max_steps) {
+        stop = 'cap';
+        break;
+      }
+    }
+    ctx.note('method', 'threshold');
+    ctx.note('steps', steps);
+    ctx.note('scored', scored);
+    ctx.note('stop', stop);
+    if (pb < bidOrder.length) ctx.note('next_bid', ads.bidMicros(bidOrder[pb]));
+    if (pk < keyOrder.length) ctx.note('next_key', Number(keys[keyOrder[pk]].toFixed(4)));
+    const order = Array.from({ length: size }, (_, i) => i).sort((a, b) => heapS[b] - heapS[a] || heapId[a] - heapId[b]);
+    // The walk's similarity goes on as annScore: the EarlyRanker need not read the vector again.
+    return order.map((i, r) => ({ id: heapId[i], sources: SOURCE_BIT.Targeting, annScore: query === null ? NaN : heapSim[i], sourceRank: r, score: NaN }));
   }
 }

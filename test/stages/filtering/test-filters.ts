@@ -82,8 +82,8 @@ describe('Filters', () => {
       const ctx = makeContext({ ads, nowMs: NOON, eligible: eligibleOf([0, 1, 2, 3, 4, 6, 7, 9]), pipeline: pipelineWith({ enabled: false }) });
       const out = await new Filters().run(ctx, [0, 1, 2, 3, 4, 5, 6, 7, 9, 1000, -1].map((id) => cand(id, SOURCE_BIT.Ann)));
       assert.deepEqual(ids(out), [0, 6, 7]);
-      assert.equal(ctx.notes.get('dropped_ineligible'), 8);
-      assert.equal(ctx.notes.get('dropped_pacing'), 0);
+      assert.equal((ctx.dropped.ineligible ?? 0), 8);
+      assert.equal((ctx.dropped.paced ?? 0), 0);
     });
 
     it('when spend was reported on an earlier day, then it does not count today', async () => {
@@ -113,14 +113,14 @@ describe('Filters', () => {
       const out = await new Filters().run(ctx, [first, cand(0, 1), cand(1, 2), cand(0, 4)]);
       assert.deepEqual(ids(out), [1, 0]);
       assert.equal(out[0], first);
-      assert.equal(ctx.notes.get('dropped_duplicate'), 2);
+      assert.equal((ctx.dropped.duplicate ?? 0), 2);
     });
 
     it('when there is no eligible set, then nothing passes', async () => {
       const ads = adTable([{ id: 0 }]);
       const ctx = makeContext({ ads, eligible: null });
       assert.deepEqual(await new Filters().run(ctx, [cand(0, SOURCE_BIT.Ann)]), []);
-      assert.equal(ctx.notes.get('dropped_ineligible'), 1);
+      assert.equal((ctx.dropped.ineligible ?? 0), 1);
     });
 
     it('when the eligible bitset is shorter than the table, then ids past its end are dropped', async () => {
@@ -151,8 +151,8 @@ describe('Filters', () => {
       const ctx = makeContext({ ads, nowMs: NOON, pipeline: pipelineWith({ enabled: true, tolerance: 0.1 }) });
       const out = await new Filters().run(ctx, [0, 1, 2, 3].map((id) => cand(id, SOURCE_BIT.Ann)));
       assert.deepEqual(ids(out), [0, 2, 3]);
-      assert.equal(ctx.notes.get('dropped_pacing'), 1);
-      assert.equal(ctx.notes.get('dropped_ineligible'), 0);
+      assert.equal((ctx.dropped.paced ?? 0), 1);
+      assert.equal((ctx.dropped.ineligible ?? 0), 0);
     });
 
     describe('property: the eligibility invariant holds for any sources', () => {
@@ -256,8 +256,8 @@ describe('Filters', () => {
             assert.deepEqual(out, want);
             if (out.length > 0) nonEmpty++;
             for (let i = 0; i < out.length; i++) assert.equal(out[i], want[i], 'the input objects are passed through');
-            const n = (k: string) => ctx.notes.get(k) as number;
-            assert.equal(n('dropped_ineligible') + n('dropped_duplicate') + n('dropped_pacing') + out.length, input.length);
+            const n = (k: string) => ctx.dropped[k] ?? 0;
+            assert.equal(n('ineligible') + n('duplicate') + n('paced') + out.length, input.length);
           }),
           { numRuns: 400 },
         );
@@ -285,7 +285,7 @@ describe('Filters', () => {
             const df = dayFractionAt(NOW);
             const want = all.filter((c) => pacingAllows(ads.spendToday(c.id, NOW), ads.budgetMicros(c.id), df, pacing));
             assert.deepEqual(ids(paced), ids(want));
-            assert.equal(on.ctx.notes.get('dropped_pacing'), all.length - paced.length);
+            assert.equal((on.ctx.dropped.paced ?? 0), all.length - paced.length);
             if (paced.length < all.length) throttled++;
           }),
           { numRuns: 300 },

@@ -4,11 +4,12 @@ import { popularitySchema } from '../../../src/config/schema';
 import { HnswIndex } from '../../../src/native/index';
 import { SOURCE_BIT } from '../../../src/pipeline/types';
 import { PopularityState } from '../../../src/serving/popularity';
-import { PriorOrder, priorOf } from '../../../src/serving/prior-order';
+import { BID_ORDER, PriorOrder, priorOf } from '../../../src/serving/prior-order';
+import { ecpm, features, pctr, prepareQuery } from '../../../src/stages/ranking/early-ranker';
 import { AnnSource } from '../../../src/stages/sourcing/ann-source';
 import { PopularitySource } from '../../../src/stages/sourcing/popularity-source';
-import { TargetingSource } from '../../../src/stages/sourcing/targeting-source';
-import { adTable, defaultPipeline, eligibleOf, makeContext } from '../../fixtures/stage-context';
+import { rankerOrderKey, TargetingSource } from '../../../src/stages/sourcing/targeting-source';
+import { adTable, defaultPipeline, eligibleOf, FixedPopularity, GatherVectors, makeContext } from '../../fixtures/stage-context';
 
 const isEligible = (bits: Uint32Array, id: number) => ((bits[id >>> 5] >>> (id & 31)) & 1) === 1;
 
@@ -25,6 +26,7 @@ describe('TargetingSource', () => {
           order.rebuild(ads);
           const ids = bids.map((_, id) => id).filter((id) => allow[id]);
           const pipeline = defaultPipeline();
+          pipeline.stages.Targeting.order = 'prior';
           pipeline.stages.Targeting.k = k;
           const ctx = makeContext({ ads, pipeline, eligible: eligibleOf(ids, ads.capacity) });
           const got = new TargetingSource(ads, order).run(ctx).map((c) => c.id);
@@ -40,7 +42,9 @@ describe('TargetingSource', () => {
     const ads = adTable(Array.from({ length: 5000 }, (_, id) => ({ id, bid_micros: id })));
     const order = new PriorOrder();
     order.rebuild(ads);
-    const ctx = makeContext({ ads, eligible: eligibleOf([3, 7, 4000], ads.capacity) });
+    const pipeline = defaultPipeline();
+    pipeline.stages.Targeting.order = 'prior';
+    const ctx = makeContext({ ads, pipeline, eligible: eligibleOf([3, 7, 4000], ads.capacity) });
     const out = new TargetingSource(ads, order).run(ctx);
     assert.deepEqual(
       out.map((c) => c.id),
@@ -48,6 +52,112 @@ describe('TargetingSource', () => {
     );
     assert.equal(ctx.notes.get('method'), 'scan');
     assert.ok(out.every((c) => c.sources === SOURCE_BIT.Targeting));
+  });
+});
+
+describe('TargetingSource, order: ranker (threshold walk)', () => {
+  const DIM = 4;
+  /** Vectors with the batch read and the length bound the serving state offers. */
+  class BoundedVectors extends GatherVectors {
+    get normBound(): number {
+      let m = 0;
+      for (let id = 0; id < 400; id++) {
+        const v = this.get(id);
+        if (v) m = Math.max(m, Math.hypot(...v));
+      }
+      return m * (1 + 1e-6);
+    }
+  }
+  class BoundedPopularity extends FixedPopularity {
+    rateBound(): number {
+      return Math.max(0, ...this.rates.values());
+    }
+  }
+  const weight = fc.double({ min: -3, max: 3, noNaN: true });
+
+  it('when any catalog, weights and eligible set are given, then it returns the exact top k by the EarlyRanker\'s own score (no source indicators)', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            bid: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 50_000_000 })),
+            ctr: fc.double({ min: 0, max: 0.6, noNaN: true }),
+            quality: fc.double({ min: 0, max: 1, noNaN: true }),
+            v: fc.array(fc.double({ min: -2, max: 2, noNaN: true }), { minLength: DIM, maxLength: DIM }),
+            rate: fc.double({ min: 0, max: 0.2, noNaN: true }),
+            allowed: fc.boolean(),
+          }),
+          { minLength: 1, maxLength: 250 },
+        ),
+        fc.record({ bias: weight, ann_similarity: fc.oneof(weight, fc.constant(8)), ctr_prior_logit: weight, popularity_rate: weight, quality: weight, source_targeting: weight, source_ann: weight }),
+        fc.constantFrom<'ip' | 'cos' | 'l2'>('ip', 'cos', 'l2'),
+        fc.integer({ min: 1, max: 40 }),
+        fc.boolean(),
+        (rows, w, metric, k, withQuery) => {
+          const ads = adTable(rows.map((r, id) => ({ id, bid_micros: r.bid, ctr_prior: r.ctr, quality: r.quality })));
+          const vectors = new BoundedVectors(DIM, metric, rows.map((r, id) => [id, r.v] as [number, number[]]));
+          const popularity = new BoundedPopularity(new Map(rows.map((r, id) => [id, r.rate])));
+          const pipeline = defaultPipeline();
+          Object.assign(pipeline.stages.EarlyRanker.weights, w);
+          pipeline.stages.Targeting.k = k;
+          const order = new PriorOrder();
+          order.rebuild(ads);
+          order.get(BID_ORDER);
+          order.get(rankerOrderKey(pipeline.stages.EarlyRanker.weights));
+          const ids = rows.map((_, id) => id).filter((id) => rows[id].allowed);
+          const embedding = withQuery ? Float32Array.from([0.5, -1, 1.5, 0.25]) : null;
+          const ctx = makeContext({ ads, vectors, popularity, pipeline, query: { embedding }, eligible: eligibleOf(ids, ads.capacity), nowMs: 1 });
+          const got = new TargetingSource(ads, order).run(ctx);
+          // The EarlyRanker's score of each eligible ad with no source indicator (as the reference scores it).
+          const q = prepareQuery(embedding, vectors);
+          const score = (id: number) => {
+            const f = features(ads, popularity, vectors, q, 1, { id, sources: 0, annScore: NaN, sourceRank: 0, score: NaN });
+            return ecpm(ads.bidMicros(id), pctr(pipeline.stages.EarlyRanker.weights, f));
+          };
+          const want = ids.map((id) => ({ id, s: score(id) })).sort((a, b) => b.s - a.s || a.id - b.id).slice(0, k);
+          assert.equal(got.length, want.length);
+          // Equal scores may come in either order; every returned score must match the wanted one at its rank.
+          got.forEach((c, i) => {
+            const s = score(c.id);
+            assert.ok(Math.abs(s - want[i].s) <= 1e-9 * Math.max(1, Math.abs(want[i].s)), `rank ${i}: got ad ${c.id} (${s}), want ad ${want[i].id} (${want[i].s})`);
+            assert.equal(c.sources, SOURCE_BIT.Targeting);
+          });
+          assert.notEqual(ctx.notes.get('stop'), 'cap');
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('when the bound proves the top k early, then it stops before reading every eligible ad', () => {
+    // Bids fall steeply and nothing else varies: the first k by bid are the top k.
+    const ads = adTable(Array.from({ length: 5000 }, (_, id) => ({ id, bid_micros: 10_000_000 - id * 1000 })));
+    const order = new PriorOrder();
+    order.rebuild(ads);
+    const pipeline = defaultPipeline();
+    pipeline.stages.Targeting.k = 10;
+    const ctx = makeContext({ ads, pipeline, popularity: new BoundedPopularity(), eligible: eligibleOf(ads.ids(), ads.capacity) });
+    const out = new TargetingSource(ads, order).run(ctx);
+    assert.deepEqual(
+      out.map((c) => c.id),
+      Array.from({ length: 10 }, (_, i) => i),
+    );
+    assert.equal(ctx.notes.get('stop'), 'bound');
+    assert.ok((ctx.notes.get('scored') as number) < 200, `scored ${ctx.notes.get('scored')}`);
+  });
+
+  it('when max_steps runs out first, then it answers what it read and notes stop=cap', () => {
+    const ads = adTable(Array.from({ length: 1000 }, (_, id) => ({ id, bid_micros: 1_000_000, ctr_prior: 0.01 + (id % 7) / 1000 })));
+    const order = new PriorOrder();
+    order.rebuild(ads);
+    const pipeline = defaultPipeline();
+    pipeline.stages.Targeting.k = 50;
+    pipeline.stages.Targeting.max_steps = 100;
+    const ctx = makeContext({ ads, pipeline, eligible: eligibleOf(ads.ids(), ads.capacity) });
+    const out = new TargetingSource(ads, order).run(ctx);
+    assert.equal(ctx.notes.get('stop'), 'cap');
+    assert.ok((ctx.notes.get('steps') as number) <= 100);
+    assert.equal(out.length, 50);
   });
 });
 

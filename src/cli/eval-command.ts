@@ -1,0 +1,276 @@
+/**
+ * `funnel eval`: funnel recall against the exhaustive reference, offline and in-process, over
+ * JSON Lines of RetrieveRequests (proto3 JSON) or a request-log directory. Prints a table for
+ * people, or one JSON line per (config, pipeline) with `--json` (CONTRACT section 3).
+ * Exit codes: 0 every request line was read; 1 some were bad (named on stderr, skipped, counted);
+ * 2 bad usage or config; 3 data directory or I/O problem.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import pino from 'pino';
+import { ConfigError, defaultConfig, loadConfigFile } from '../config/load';
+import type { Config } from '../config/schema';
+import type { DecodedRetrieve } from '../grpc/codec';
+import { retrieveFromJson } from '../grpc/request-json';
+import { RpcError } from '../grpc/validate';
+import { diff, FunnelEvaluator, summarize, type EvalDiff, type EvalSummary, type LossTable, type RequestEval } from '../eval/funnel-eval';
+import { ServingState } from '../serving/state';
+import { DataDirError } from '../store/catalog-store';
+import { readRequestLog } from '../telemetry/request-log';
+import { progress } from './progress';
+import { fixed, formatTable } from './table';
+
+/** Options as commander parses them. */
+export interface EvalCommandOptions {
+  data: string;
+  requests: string;
+  config?: string;
+  pipeline?: string[];
+  against?: string;
+  numResults?: number;
+  json?: boolean;
+  /** Requests run once through every config, unrecorded, before measuring (default 20). */
+  warmup?: number;
+}
+
+/** A request line read, or why it could not be. */
+interface RequestLine {
+  where: string;
+  request?: DecodedRetrieve;
+  error?: string;
+}
+
+/** Reads the request lines of a JSON Lines file (a bare RetrieveRequest per line, or a request-log line with `request`) or of a request-log directory. */
+export async function* readRequests(file: string): AsyncGenerator<RequestLine> {
+  if (fs.statSync(file).isDirectory()) {
+    for await (const l of readRequestLog(file)) yield { where: `${l.file}:${l.line}`, request: l.request, error: l.error };
+    return;
+  }
+  const rl = readline.createInterface({ input: fs.createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity });
+  let n = 0;
+  for await (const text of rl) {
+    n++;
+    if (text.trim() === '') continue;
+    const where = `${file}:${n}`;
+    let obj: unknown;
+    try {
+      obj = JSON.parse(text);
+    } catch (err) {
+      yield { where, error: `bad JSON: ${(err as Error).message}` };
+      continue;
+    }
+    const logged = obj !== null && typeof obj === 'object' && !Array.isArray(obj) && 'request' in obj;
+    try {
+      yield { where, request: retrieveFromJson(logged ? (obj as { request: unknown }).request : obj) };
+    } catch (err) {
+      yield { where, error: (logged ? 'request.' : '') + (err as Error).message };
+    }
+  }
+}
+
+function loadConfig(file: string | undefined): Config {
+  return file ? loadConfigFile(file) : defaultConfig();
+}
+
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
+/** The table for people: one row per (config, pipeline), the loss breakdown, and the diff. */
+export function formatReport(summaries: readonly EvalSummary[], diffs: readonly { label: string; d: EvalDiff }[], bad: number): string {
+  const rows = summaries.map((s) => [
+    s.config,
+    s.pipeline,
+    String(s.requests),
+    s.n === null ? 'mixed' : String(s.n),
+    fixed(s.recall_at_n, 3),
+    fixed(s.recall_p10, 3),
+    fixed(s.recall_min, 3),
+    fixed(s.ecpm_share, 3),
+    fixed(s.mean_ecpm_top_n, 3),
+    fixed(s.latency_p50_ms, 2),
+    fixed(s.latency_p99_ms, 2),
+    fixed(s.cpu_ms_per_request, 3),
+    fixed(s.eligible_mean, 0),
+  ]);
+  const out = [
+    formatTable(
+      `funnel eval: recall of the exhaustive reference's top N (Filters + EarlyRanker over every eligible ad)${bad ? `; ${bad} bad request lines skipped` : ''}`,
+      [
+        { header: 'config', align: 'left' },
+        { header: 'pipeline', align: 'left' },
+        { header: 'requests' },
+        { header: 'N' },
+        { header: 'recall@N' },
+        { header: 'p10' },
+        { header: 'min' },
+        { header: 'eCPM share' },
+        { header: 'eCPM@N' },
+        { header: 'p50 ms' },
+        { header: 'p99 ms' },
+        { header: 'CPU ms/req' },
+        { header: 'eligible' },
+      ],
+      rows,
+    ),
+  ];
+  for (const s of summaries) {
+    const lossRows = lossRowsOf(s.loss);
+    if (lossRows.length === 0) continue;
+    out.push(
+      '',
+      formatTable(
+        `where the reference's top-N ads were lost: ${s.config}, pipeline ${s.pipeline}`,
+        [{ header: 'stage', align: 'left' }, { header: 'reason', align: 'left' }, { header: 'ads' }, { header: 'share' }],
+        lossRows,
+      ),
+    );
+  }
+  for (const { label, d } of diffs) {
+    out.push('', `${label}: overlap@N ${fixed(d.overlap_at_n, 3)}`);
+    if (d.advertiser_share_moves.length > 0) {
+      out.push(
+        formatTable(
+          'advertisers whose share of top-N slots moved most',
+          [{ header: 'advertiser', align: 'left' }, { header: 'share before' }, { header: 'share after' }, { header: 'change' }],
+          d.advertiser_share_moves.map((m) => [m.advertiser_id, pct(m.share_a), pct(m.share_b), `${m.share_b >= m.share_a ? '+' : ''}${(100 * (m.share_b - m.share_a)).toFixed(1)} pt`]),
+        ),
+      );
+    }
+  }
+  return out.join('\n') + '\n';
+}
+
+function lossRowsOf(loss: LossTable): string[][] {
+  const flat: [string, string, number][] = [];
+  for (const [stage, reasons] of Object.entries(loss)) for (const [r, k] of Object.entries(reasons)) flat.push([stage, r, k]);
+  const total = flat.reduce((a, [, , k]) => a + k, 0);
+  flat.sort((a, b) => b[2] - a[2]);
+  return flat.map(([stage, r, k]) => [stage, r, String(k), pct(k / total)]);
+}
+
+/** Rounds every number of a summary for the JSON line (6 significant decimals). */
+function jsonLine(s: EvalSummary, extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({ ...s, ...extra }, (_k, v: unknown) => (typeof v === 'number' && !Number.isInteger(v) ? (Number.isFinite(v) ? Number(v.toFixed(6)) : null) : v));
+}
+
+/** Runs `funnel eval`; resolves to the exit code. */
+export async function runEval(opts: EvalCommandOptions): Promise<number> {
+  const err = (m: string) => process.stderr.write(`funnel eval: ${m}\n`);
+  let configs: { label: string; config: Config }[];
+  try {
+    configs = [{ label: opts.config ? path.basename(opts.config) : 'builtin', config: loadConfig(opts.config) }];
+    if (opts.against) configs.push({ label: path.basename(opts.against), config: loadConfig(opts.against) });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      err(e.message);
+      return 2;
+    }
+    throw e;
+  }
+  if (configs.length === 2 && configs[0].label === configs[1].label) configs[1].label += ' (against)';
+  for (const { label, config } of configs) {
+    for (const p of opts.pipeline ?? []) {
+      if (!Object.prototype.hasOwnProperty.call(config.pipelines, p)) {
+        err(`--pipeline ${p}: config ${label} has no such pipeline (have: ${Object.keys(config.pipelines).join(', ')})`);
+        return 2;
+      }
+    }
+  }
+  if (!fs.existsSync(opts.requests)) {
+    err(`--requests ${opts.requests}: no such file or directory`);
+    return 3;
+  }
+  let state: ServingState;
+  try {
+    state = await ServingState.open(opts.data, configs[0].config, pino({ level: 'warn' }, pino.destination(2)));
+  } catch (e) {
+    err(e instanceof DataDirError ? e.message : `cannot open ${opts.data}: ${(e as Error).message}`);
+    return 3;
+  }
+  try {
+    // Requests are read once into memory: every config and pipeline runs over the same ones.
+    const requests: DecodedRetrieve[] = [];
+    let bad = 0;
+    for await (const line of readRequests(opts.requests)) {
+      if (line.request) requests.push(line.request);
+      else {
+        bad++;
+        if (bad <= 100) err(`${line.where}: ${line.error}`);
+      }
+    }
+    if (bad > 100) err(`... and ${bad - 100} more bad lines`);
+    const evaluators = configs.map((c) => ({ ...c, ev: new FunnelEvaluator(state, c.config) }));
+    const pipelines = opts.pipeline && opts.pipeline.length > 0 ? opts.pipeline : [undefined];
+    const total = requests.length * evaluators.length * pipelines.length;
+    const bar = progress('eval', 'requests');
+    let done = 0;
+    const results = new Map<string, RequestEval[]>();
+    const invalid = new Set<number>();
+    // Unrecorded warm-up: the first calls pay for JIT compilation and for faulting in the pages
+    // of the memory-mapped index, which would otherwise land on whichever config runs first.
+    for (let i = 0; i < Math.min(opts.warmup ?? 20, requests.length); i++) {
+      for (const { ev } of evaluators) {
+        for (const p of pipelines) {
+          try {
+            await ev.evaluate(ev.query(requests[i], p, opts.numResults));
+          } catch (e) {
+            if (!(e instanceof RpcError)) throw e;
+          }
+        }
+      }
+    }
+    // Request by request, the configs take turns (in alternating order), so that warm-up, caches
+    // and a noisy machine weigh on both alike; routing may send requests to several pipelines:
+    // one summary each.
+    for (const p of pipelines) {
+      for (let i = 0; i < requests.length; i++) {
+        const turn = i % 2 === 0 ? evaluators : [...evaluators].reverse();
+        for (const { label, ev } of turn) {
+          let query;
+          try {
+            query = ev.query(requests[i], p, opts.numResults);
+          } catch (e) {
+            if (!(e instanceof RpcError)) throw e;
+            if (!invalid.has(i)) {
+              invalid.add(i);
+              if (invalid.size <= 100) err(`request ${i + 1}: ${e.details}`);
+            }
+            continue;
+          }
+          const e = await ev.evaluate(query);
+          const key = `${label}\u0000${e.pipeline}`;
+          let list = results.get(key);
+          if (!list) results.set(key, (list = []));
+          list.push(e);
+          bar.update(++done, total);
+        }
+      }
+    }
+    bar.stop();
+    const summaries: EvalSummary[] = [];
+    for (const [key, evals] of results) {
+      const [label, pipeline] = key.split('\u0000');
+      summaries.push(summarize(label, pipeline, evals));
+    }
+    const diffs: { label: string; d: EvalDiff }[] = [];
+    if (evaluators.length === 2) {
+      for (const s of summaries.filter((x) => x.config === evaluators[0].label)) {
+        const a = results.get(`${evaluators[0].label}\u0000${s.pipeline}`) ?? [];
+        const b = results.get(`${evaluators[1].label}\u0000${s.pipeline}`);
+        if (!b || b.length !== a.length) continue;
+        diffs.push({ label: `${evaluators[1].label} against ${evaluators[0].label}, pipeline ${s.pipeline}`, d: diff(a, b, (id) => state.ads.advertiserId(id)) });
+      }
+    }
+    if (opts.json) {
+      for (const s of summaries) {
+        const d = diffs.find((x) => x.label.endsWith(`pipeline ${s.pipeline}`) && s.config === evaluators[1]?.label);
+        process.stdout.write(jsonLine(s, d ? { against: evaluators[0].label, ...d.d } : {}) + '\n');
+      }
+    } else {
+      process.stdout.write(formatReport(summaries, diffs, bad + invalid.size));
+    }
+    return bad + invalid.size > 0 ? 1 : 0;
+  } finally {
+    await state.close();
+  }
+}
