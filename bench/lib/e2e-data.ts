@@ -7,16 +7,19 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { once } from 'node:events';
-import { generateCatalog, generateRequests, Rng } from '../../src/catalog/generate';
+import { generateCatalog, generateRequests, Rng, type CatalogOptions } from '../../src/catalog/generate';
 import { encodeRetrieveRequest } from '../../src/grpc/codec';
 
 /** Bumped whenever what gets cached changes, so stale cache directories are not reused. */
 export const E2E_DATA_VERSION = 1;
 
 /** Name of the cached data directory of a generated catalog (under bench/.cache). */
-export function e2eCacheName(ads: number, dim: number, seed: number): string {
-  return `e2e-${ads}-d${dim}-s${seed}${E2E_DATA_VERSION > 1 ? `-v${E2E_DATA_VERSION}` : ''}`;
+export function e2eCacheName(ads: number, dim: number, seed: number, shape: CatalogShape = 'mixture'): string {
+  return `e2e-${ads}-d${dim}-s${seed}${shape === 'mixture' ? '' : `-${shape}`}${E2E_DATA_VERSION > 1 ? `-v${E2E_DATA_VERSION}` : ''}`;
 }
+
+/** The generator's catalog shapes. */
+export type CatalogShape = NonNullable<CatalogOptions['shape']>;
 
 /** Bytes gathered before one write to the catalog file. */
 const WRITE_CHUNK = 1 << 20;
@@ -27,7 +30,7 @@ const WRITE_CHUNK = 1 << 20;
  */
 export async function writeCatalogJsonl(
   file: string,
-  spec: { count: number; dim: number; seed: number; now: Date },
+  spec: { count: number; dim: number; seed: number; now: Date; shape?: CatalogShape },
   progress: (rows: number) => void = () => {},
 ): Promise<void> {
   const out = fs.createWriteStream(file, { highWaterMark: 4 * WRITE_CHUNK });
@@ -43,7 +46,7 @@ export async function writeCatalogJsonl(
     chunkBytes = 0;
     if (!ok) await Promise.race([once(out, 'drain'), failed]);
   };
-  for (const row of generateCatalog({ count: spec.count, dim: spec.dim, seed: spec.seed, now: spec.now })) {
+  for (const row of generateCatalog({ count: spec.count, dim: spec.dim, seed: spec.seed, now: spec.now, shape: spec.shape })) {
     const line = JSON.stringify(row) + '\n';
     chunk.push(line);
     chunkBytes += line.length;
@@ -99,11 +102,11 @@ export function removeStaleScratch(cacheDir: string, log: (message: string) => v
 export async function ensureGeneratedDataDir(
   mainJs: string,
   cacheDir: string,
-  spec: { ads: number; dim: number; seed: number },
+  spec: { ads: number; dim: number; seed: number; shape?: CatalogShape },
   log: (message: string) => void,
   signal?: AbortSignal,
 ): Promise<{ dir: string; built: boolean }> {
-  const dir = path.join(cacheDir, e2eCacheName(spec.ads, spec.dim, spec.seed));
+  const dir = path.join(cacheDir, e2eCacheName(spec.ads, spec.dim, spec.seed, spec.shape));
   if (fs.existsSync(dir)) return { dir, built: false };
   fs.mkdirSync(cacheDir, { recursive: true });
   removeStaleScratch(cacheDir, log);
@@ -113,9 +116,9 @@ export async function ensureGeneratedDataDir(
   try {
     const catalog = path.join(scratch, 'catalog.jsonl');
     const data = path.join(scratch, 'data');
-    log(`generating ${spec.ads} ads x ${spec.dim}-d (seed ${spec.seed}) into ${catalog}`);
+    log(`generating ${spec.ads} ads x ${spec.dim}-d (seed ${spec.seed}, ${spec.shape ?? 'mixture'}) into ${catalog}`);
     // Flight windows are placed around now, so that the usual share of ads is in flight today.
-    await writeCatalogJsonl(catalog, { count: spec.ads, dim: spec.dim, seed: spec.seed, now: new Date() }, (rows) =>
+    await writeCatalogJsonl(catalog, { count: spec.ads, dim: spec.dim, seed: spec.seed, now: new Date(), shape: spec.shape }, (rows) =>
       log(`  ${rows.toLocaleString('en-US')} rows written`),
     );
     log(`catalog file: ${(fs.statSync(catalog).size / 2 ** 20).toFixed(0)} MiB; funnel ingest into ${data}`);

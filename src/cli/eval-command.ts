@@ -8,13 +8,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 import pino from 'pino';
 import { ConfigError, defaultConfig, loadConfigFile } from '../config/load';
 import type { Config } from '../config/schema';
 import type { DecodedRetrieve } from '../grpc/codec';
 import { retrieveFromJson } from '../grpc/request-json';
-import { RpcError } from '../grpc/validate';
-import { diff, FunnelEvaluator, summarize, type EvalDiff, type EvalSummary, type LossTable, type RequestEval } from '../eval/funnel-eval';
+import { evaluateAll, type ConfigDiff, type EvalSummary, type LossTable } from '../eval/funnel-eval';
 import { ServingState } from '../serving/state';
 import { DataDirError } from '../store/catalog-store';
 import { readRequestLog } from '../telemetry/request-log';
@@ -76,7 +77,7 @@ function loadConfig(file: string | undefined): Config {
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
 /** The table for people: one row per (config, pipeline), the loss breakdown, and the diff. */
-export function formatReport(summaries: readonly EvalSummary[], diffs: readonly { label: string; d: EvalDiff }[], bad: number): string {
+export function formatReport(summaries: readonly EvalSummary[], diffs: readonly ConfigDiff[], bad: number): string {
   const rows = summaries.map((s) => [
     s.config,
     s.pipeline,
@@ -125,8 +126,8 @@ export function formatReport(summaries: readonly EvalSummary[], diffs: readonly 
       ),
     );
   }
-  for (const { label, d } of diffs) {
-    out.push('', `${label}: overlap@N ${fixed(d.overlap_at_n, 3)}`);
+  for (const { a, b, pipeline, d } of diffs) {
+    out.push('', `${b} against ${a}, pipeline ${pipeline}: overlap@N ${fixed(d.overlap_at_n, 3)}`);
     if (d.advertiser_share_moves.length > 0) {
       out.push(
         formatTable(
@@ -153,9 +154,17 @@ function jsonLine(s: EvalSummary, extra: Record<string, unknown> = {}): string {
   return JSON.stringify({ ...s, ...extra }, (_k, v: unknown) => (typeof v === 'number' && !Number.isInteger(v) ? (Number.isFinite(v) ? Number(v.toFixed(6)) : null) : v));
 }
 
+/** Makes `globalThis.gc` available (as node --expose-gc does), so the evaluator can collect the reference's garbage outside timed runs. */
+function exposeGc(): void {
+  if ((globalThis as { gc?: unknown }).gc) return;
+  v8.setFlagsFromString('--expose-gc');
+  (globalThis as { gc?: unknown }).gc = vm.runInNewContext('gc');
+}
+
 /** Runs `funnel eval`; resolves to the exit code. */
 export async function runEval(opts: EvalCommandOptions): Promise<number> {
   const err = (m: string) => process.stderr.write(`funnel eval: ${m}\n`);
+  exposeGc();
   let configs: { label: string; config: Config }[];
   try {
     configs = [{ label: opts.config ? path.basename(opts.config) : 'builtin', config: loadConfig(opts.config) }];
@@ -199,77 +208,29 @@ export async function runEval(opts: EvalCommandOptions): Promise<number> {
       }
     }
     if (bad > 100) err(`... and ${bad - 100} more bad lines`);
-    const evaluators = configs.map((c) => ({ ...c, ev: new FunnelEvaluator(state, c.config) }));
     const pipelines = opts.pipeline && opts.pipeline.length > 0 ? opts.pipeline : [undefined];
-    const total = requests.length * evaluators.length * pipelines.length;
     const bar = progress('eval', 'requests');
-    let done = 0;
-    const results = new Map<string, RequestEval[]>();
-    const invalid = new Set<number>();
-    // Unrecorded warm-up: the first calls pay for JIT compilation and for faulting in the pages
-    // of the memory-mapped index, which would otherwise land on whichever config runs first.
-    for (let i = 0; i < Math.min(opts.warmup ?? 20, requests.length); i++) {
-      for (const { ev } of evaluators) {
-        for (const p of pipelines) {
-          try {
-            await ev.evaluate(ev.query(requests[i], p, opts.numResults));
-          } catch (e) {
-            if (!(e instanceof RpcError)) throw e;
-          }
-        }
-      }
-    }
-    // Request by request, the configs take turns (in alternating order), so that warm-up, caches
-    // and a noisy machine weigh on both alike; routing may send requests to several pipelines:
-    // one summary each.
-    for (const p of pipelines) {
-      for (let i = 0; i < requests.length; i++) {
-        const turn = i % 2 === 0 ? evaluators : [...evaluators].reverse();
-        for (const { label, ev } of turn) {
-          let query;
-          try {
-            query = ev.query(requests[i], p, opts.numResults);
-          } catch (e) {
-            if (!(e instanceof RpcError)) throw e;
-            if (!invalid.has(i)) {
-              invalid.add(i);
-              if (invalid.size <= 100) err(`request ${i + 1}: ${e.details}`);
-            }
-            continue;
-          }
-          const e = await ev.evaluate(query);
-          const key = `${label}\u0000${e.pipeline}`;
-          let list = results.get(key);
-          if (!list) results.set(key, (list = []));
-          list.push(e);
-          bar.update(++done, total);
-        }
-      }
-    }
+    const run = await evaluateAll(state, configs, requests, {
+      pipelines,
+      numResults: opts.numResults,
+      warmup: opts.warmup,
+      onProgress: (done, total) => bar.update(done, total),
+      onInvalid: (i, details, count) => {
+        if (count <= 100) err(`request ${i + 1}: ${details}`);
+      },
+    });
     bar.stop();
-    const summaries: EvalSummary[] = [];
-    for (const [key, evals] of results) {
-      const [label, pipeline] = key.split('\u0000');
-      summaries.push(summarize(label, pipeline, evals));
-    }
-    const diffs: { label: string; d: EvalDiff }[] = [];
-    if (evaluators.length === 2) {
-      for (const s of summaries.filter((x) => x.config === evaluators[0].label)) {
-        const a = results.get(`${evaluators[0].label}\u0000${s.pipeline}`) ?? [];
-        const b = results.get(`${evaluators[1].label}\u0000${s.pipeline}`);
-        if (!b || b.length !== a.length) continue;
-        diffs.push({ label: `${evaluators[1].label} against ${evaluators[0].label}, pipeline ${s.pipeline}`, d: diff(a, b, (id) => state.ads.advertiserId(id)) });
-      }
-    }
+    const { summaries, diffs } = run;
+    const invalid = run.invalid;
     if (opts.json) {
       for (const s of summaries) {
-        const d = diffs.find((x) => x.label.endsWith(`pipeline ${s.pipeline}`) && s.config === evaluators[1]?.label);
-        process.stdout.write(jsonLine(s, d ? { against: evaluators[0].label, ...d.d } : {}) + '\n');
+        const d = diffs.find((x) => x.pipeline === s.pipeline && s.config === x.b);
+        process.stdout.write(jsonLine(s, d ? { against: d.a, ...d.d } : {}) + '\n');
       }
     } else {
-      process.stdout.write(formatReport(summaries, diffs, bad + invalid.size));
+      process.stdout.write(formatReport(summaries, diffs, bad + invalid));
     }
-    return bad + invalid.size > 0 ? 1 : 0;
+    return bad + invalid > 0 ? 1 : 0;
   } finally {
     await state.close();
   }

@@ -42,7 +42,7 @@ export const targetingStageSchema = z
   .object({
     ...stageBase,
     enabled: z.boolean().default(true).describe('run the stage'),
-    k: int(1, 10_000).default(80).describe('candidates to source'),
+    k: int(1, 10_000).default(64).describe('candidates to source'),
     order: z
       .enum(['ranker', 'prior'])
       .default('ranker')
@@ -50,7 +50,7 @@ export const targetingStageSchema = z
         "ranker: a threshold walk over two static orders (bid, and the EarlyRanker's static log-eCPM key) that scores what it reads with the EarlyRanker's own model and stops once no unread ad can beat its k-th best (a proven bound); prior: the k eligible ads of best `prior`",
       ),
     max_steps: int(1, 100_000_000)
-      .default(200_000)
+      .default(50_000)
       .describe('order entries the ranker walk may read (both orders together) before it stops without the bound (noted stop=cap)'),
     prior: z
       .object({

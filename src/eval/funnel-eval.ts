@@ -7,7 +7,7 @@
 import { route } from '../config/experiments';
 import type { Config, PipelineConfig } from '../config/schema';
 import type { DecodedRetrieve } from '../grpc/codec';
-import { validateRetrieve } from '../grpc/validate';
+import { RpcError, validateRetrieve } from '../grpc/validate';
 import { explainIds } from '../pipeline/explain';
 import { Funnel, type FunnelResult } from '../pipeline/funnel';
 import { NO_OBSERVER } from '../pipeline/run-stage';
@@ -41,12 +41,23 @@ export interface RequestEval {
   eligible: number;
 }
 
+/** A timed, traced funnel run of one request. */
+export interface FunnelRun {
+  query: RetrieveQuery;
+  result: FunnelResult;
+  latencyMs: number;
+  cpuMs: number;
+}
+
 /** Reason used when the funnel kept a reference ad but ranked it below N (possible only through source weights or a quantised similarity). */
 export const RANKED_BELOW_N = 'ranked_below_n';
 
-/** Every id set in `e`, ascending, as reference candidates (no source, no similarity yet). */
-function eligibleCandidates(e: EligibleSet): Candidate[] {
-  const out: Candidate[] = [];
+/** Reference candidates scored per chunk: a few thousand short-lived objects at a time, so that their garbage dies young instead of loading the old generation (whose collection would run on into the next timed funnel run). */
+const REFERENCE_CHUNK = 4096;
+
+/** Calls `each` with the ids set in `e`, ascending, as reference candidates (no source, no similarity yet), REFERENCE_CHUNK at a time. */
+function forEligibleChunks(e: EligibleSet, each: (chunk: Candidate[]) => void): void {
+  let out: Candidate[] = [];
   const bits = e.bits;
   for (let w = 0; w < bits.length; w++) {
     let word = bits[w];
@@ -54,9 +65,13 @@ function eligibleCandidates(e: EligibleSet): Candidate[] {
       const t = word & -word;
       out.push({ id: (w << 5) + (31 - Math.clz32(t)), sources: 0, annScore: NaN, sourceRank: 0, score: NaN });
       word ^= t;
+      if (out.length === REFERENCE_CHUNK) {
+        each(out);
+        out = [];
+      }
     }
   }
-  return out;
+  if (out.length > 0) each(out);
 }
 
 /** Runs requests through one config's funnel and the exhaustive reference over one serving state. */
@@ -95,20 +110,36 @@ export class FunnelEvaluator {
       note: () => undefined,
       drop: () => undefined,
     };
-    const kept = this.filters.run(ctx, eligibleCandidates(eligible));
-    return n > 0 ? this.ranker.run(ctx, kept) : [];
+    if (n <= 0) return [];
+    // The top N of the union is the top N of each chunk's top N.
+    let best: Candidate[] = [];
+    forEligibleChunks(eligible, (chunk) => {
+      best = this.ranker.run(ctx, best.concat(this.filters.run(ctx, chunk)));
+    });
+    return best;
   }
 
   /** Evaluates one validated request. */
   async evaluate(query: RetrieveQuery): Promise<RequestEval> {
+    return this.score(await this.run(query));
+  }
+
+  /** Runs `query` through the funnel, traced, timing it (wall and the process's CPU over every thread). */
+  async run(query: RetrieveQuery): Promise<FunnelRun> {
     const pipeline = this.config.pipelines[query.pipeline];
-    const n = query.numResults;
     const cpu0 = process.cpuUsage();
     const t0 = process.hrtime.bigint();
     const result = await this.funnel.run(query, pipeline, Date.now() + 600_000, new AbortController().signal, NO_OBSERVER, true);
     const latencyMs = Number(process.hrtime.bigint() - t0) / 1e6;
     const cpu = process.cpuUsage(cpu0);
-    const cpuMs = (cpu.user + cpu.system) / 1000;
+    return { query, result, latencyMs, cpuMs: (cpu.user + cpu.system) / 1000 };
+  }
+
+  /** Compares a run with the exhaustive reference: recall, eCPM share, and where each lost ad was lost. */
+  score(run: FunnelRun): RequestEval {
+    const { query, result, latencyMs, cpuMs } = run;
+    const pipeline = this.config.pipelines[query.pipeline];
+    const n = query.numResults;
     const ref = this.reference(query, pipeline, result, n);
     const topList = result.ranked.slice(0, n);
     const top = new Set(topList.map((c) => c.id));
@@ -242,4 +273,121 @@ export function diff(a: readonly RequestEval[], b: readonly RequestEval[], adver
   }));
   rows.sort((x, y) => Math.abs(y.share_b - y.share_a) - Math.abs(x.share_b - x.share_a) || (x.advertiser_id < y.advertiser_id ? -1 : 1));
   return { overlap_at_n: a.length ? overlap / a.length : NaN, advertiser_share_moves: rows.slice(0, moves) };
+}
+
+/** A full collection when the process exposes gc (node --expose-gc; funnel eval turns it on), else nothing. */
+function collectGarbage(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc) gc();
+}
+
+/** One config's difference from another over the same requests and pipeline. */
+export interface ConfigDiff {
+  /** Labels of the baseline and the compared config. */
+  a: string;
+  b: string;
+  pipeline: string;
+  d: EvalDiff;
+}
+
+/** Options of {@link evaluateAll}. */
+export interface EvaluateAllOptions {
+  /** Pipelines every request runs through (undefined: as each request routes). */
+  pipelines?: readonly (string | undefined)[];
+  /** N for every request (default: the request's num_results, else the config's default). */
+  numResults?: number;
+  /** Requests run once through every config, unrecorded, before measuring (default 20). */
+  warmup?: number;
+  onProgress?(done: number, total: number): void;
+  /** A request that Retrieve would refuse (0-based index, details, how many so far). */
+  onInvalid?(index: number, details: string, count: number): void;
+}
+
+/**
+ * Evaluates every request under every config (and pipeline) over one serving state: an
+ * unrecorded warm-up first (the first calls pay for JIT compilation and for faulting in the
+ * pages of the memory-mapped index), then request by request with the configs taking turns in
+ * alternating order, so that warm-up, caches and a noisy machine weigh on each alike. Returns
+ * one summary per (config, pipeline), and with two configs the second's diff from the first.
+ */
+export async function evaluateAll(
+  state: ServingState,
+  configs: readonly { label: string; config: Config }[],
+  requests: readonly DecodedRetrieve[],
+  options: EvaluateAllOptions = {},
+): Promise<{ summaries: EvalSummary[]; diffs: ConfigDiff[]; results: Map<string, RequestEval[]>; invalid: number }> {
+  const evaluators = configs.map((c) => ({ ...c, ev: new FunnelEvaluator(state, c.config) }));
+  const pipelines = options.pipelines && options.pipelines.length > 0 ? options.pipelines : [undefined];
+  const total = requests.length * evaluators.length * pipelines.length;
+  const queryOf = (ev: FunnelEvaluator, i: number, p: string | undefined): RetrieveQuery | null => {
+    try {
+      return ev.query(requests[i], p, options.numResults);
+    } catch (e) {
+      if (!(e instanceof RpcError)) throw e;
+      return null;
+    }
+  };
+  for (let i = 0; i < Math.min(options.warmup ?? 20, requests.length); i++) {
+    for (const { ev } of evaluators) {
+      for (const p of pipelines) {
+        const q = queryOf(ev, i, p);
+        if (q) await ev.evaluate(q);
+      }
+    }
+  }
+  const results = new Map<string, RequestEval[]>();
+  const invalid = new Set<number>();
+  let done = 0;
+  // In batches: the funnel runs (timed) first, then the references, whose garbage (a candidate
+  // per eligible ad) is collected between the two (when gc is exposed) rather than during a
+  // timed run.
+  const BATCH = 16;
+  for (const p of pipelines) {
+    for (let from = 0; from < requests.length; from += BATCH) {
+      const runs: { label: string; ev: FunnelEvaluator; run: FunnelRun }[] = [];
+      for (let i = from; i < Math.min(requests.length, from + BATCH); i++) {
+        const turn = i % 2 === 0 ? evaluators : [...evaluators].reverse();
+        for (const { label, ev } of turn) {
+          let q: RetrieveQuery;
+          try {
+            q = ev.query(requests[i], p, options.numResults);
+          } catch (e) {
+            if (!(e instanceof RpcError)) throw e;
+            if (!invalid.has(i)) {
+              invalid.add(i);
+              options.onInvalid?.(i, e.details, invalid.size);
+            }
+            continue;
+          }
+          runs.push({ label, ev, run: await ev.run(q) });
+        }
+      }
+      for (const { label, ev, run } of runs) {
+        const e = ev.score(run);
+        // Routing may send requests to several pipelines: one summary each.
+        const key = `${label}\u0000${e.pipeline}`;
+        let list = results.get(key);
+        if (!list) results.set(key, (list = []));
+        list.push(e);
+        options.onProgress?.(++done, total);
+      }
+      collectGarbage();
+    }
+  }
+  const summaries: EvalSummary[] = [];
+  for (const [key, evals] of results) {
+    const [label, pipeline] = key.split('\u0000');
+    summaries.push(summarize(label, pipeline, evals));
+  }
+  const diffs: ConfigDiff[] = [];
+  if (evaluators.length === 2) {
+    const [a, b] = evaluators;
+    for (const s of summaries.filter((x) => x.config === a.label)) {
+      const ra = results.get(`${a.label}\u0000${s.pipeline}`) ?? [];
+      const rb = results.get(`${b.label}\u0000${s.pipeline}`);
+      if (!rb || rb.length !== ra.length) continue;
+      diffs.push({ a: a.label, b: b.label, pipeline: s.pipeline, d: diff(ra, rb, (id) => state.ads.advertiserId(id)) });
+    }
+  }
+  return { summaries, diffs, results, invalid: invalid.size };
 }

@@ -142,17 +142,21 @@ export class Funnel {
         ? { eligible: eligible && { ...eligible, bits: eligible.bits.slice() }, sourced: {}, merged: [], filtered: [] }
         : undefined;
 
+      // Each source sees the lists of those started before it, as promises (they run in parallel).
+      const started: Partial<Record<(typeof SOURCE_STAGES)[number], Promise<Candidate[] | null>>> = {};
       const runs = SOURCE_STAGES.map(async (name) => {
         const cfg = stages[name];
         if (!cfg.enabled) return { name, report: skippedReport(name, 'disabled') };
         if (!eligible) return { name, report: skippedReport(name, 'no eligible set') };
         if (name === 'Ann' && !query.embedding) return { name, report: skippedReport(name, 'no user_embedding') };
         const limit = limitFor(cfg.timeout_ms);
-        const r = await runStage(this.sources[name], base, undefined, {
+        const pending = runStage(this.sources[name], { ...base, sourced: { ...started } }, undefined, {
           timeoutMs: limit.timeoutMs,
           fault: cfg.fault,
           countIn: eligible.count,
         }, observer, signal);
+        started[name] = pending.then((r) => (r.ok ? r.value : null));
+        const r = await pending;
         return { name, report: r.report, result: r, byDeadline: limit.byDeadline };
       });
       const sourced: Candidate[][] = [];

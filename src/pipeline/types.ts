@@ -99,6 +99,8 @@ export interface StageContext {
   readonly signal: AbortSignal;
   /** The eligible set (null when the Eligibility stage failed: nothing may then be returned). */
   readonly eligible: EligibleSet | null;
+  /** For a sourcing stage: the lists of the sources that started before it, when they end (null when one failed, timed out or was skipped). Targeting's walk bounds similarity by Ann's. */
+  readonly sourced?: Readonly<Partial<Record<SourceName, Promise<Candidate[] | null>>>>;
   /** Adds a key=value to the stage's detail (StageStats.detail, span attributes). */
   note(key: string, value: string | number | boolean): void;
   /** Counts `count` candidates this stage removed for `reason` (a reason code README lists; adds up over calls). */

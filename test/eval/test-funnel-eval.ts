@@ -14,6 +14,7 @@ import { Funnel } from '../../src/pipeline/funnel';
 import { evaluateTargeting } from '../../src/store/targeting-eval';
 import { ecpm, pctr, clampedLogit } from '../../src/stages/ranking/early-ranker';
 import { ServingState } from '../../src/serving/state';
+import { RequestLog } from '../../src/telemetry/request-log';
 import { ingestCatalog } from '../../src/store/ingest';
 import { row, tempDir, writeCatalog } from '../fixtures/catalog';
 
@@ -182,6 +183,18 @@ describe('funnel eval', () => {
       assert.equal(lines[1].recall_at_n, 1);
       assert.equal(lines[1].against, 'shallow.yaml');
       assert.ok(typeof lines[1].overlap_at_n === 'number');
+    });
+
+    it('when --requests is a request-log directory, then its logged requests are replayed', async () => {
+      const dir = path.join(tmp, 'log');
+      const log = new RequestLog({ dir, sample: 1 });
+      for (let i = 0; i < 3; i++) log.record({ timeMs: Date.now(), pipeline: 'default', dataSeq: 1, request: request(i), adIds: [] });
+      await log.close();
+      const r = funnel('eval', '--data', data, '--requests', dir, '--json');
+      assert.equal(r.status, 0, r.stderr);
+      const line = JSON.parse(r.stdout.trim()) as { requests: number; n: number };
+      assert.equal(line.requests, 3);
+      assert.equal(line.n, 20);
     });
 
     it('when the data directory or the requests are missing, then it exits 3', () => {

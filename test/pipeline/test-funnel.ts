@@ -74,4 +74,33 @@ describe('Funnel', () => {
     assert.equal(r.reports.find((x) => x.name === 'Ann')?.status, 'skipped');
     assert.deepEqual(r.degradedStages, []);
   });
+
+  it('when a request runs, then each stage\'s drop counts add up: Eligibility removes catalog minus eligible, Merge the unsourced, and so on', async () => {
+    const r = await run({ Targeting: { k: 5 }, Ann: { k: 5 }, Popularity: { k: 5 }, EarlyRanker: { keep: 2 } }, { excludeAdIds: new Set(['ad-1']) });
+    const rep = (name: string) => r.reports.find((x) => x.name === name)!;
+    const sum = (d: Record<string, number>) => Object.values(d).reduce((a, b) => a + b, 0);
+    const elig = rep('Eligibility');
+    assert.equal(sum(elig.dropped), state.ads.size - elig.candidatesOut);
+    assert.ok(elig.dropped.not_servable > 0, 'the paused ads');
+    assert.ok(elig.dropped.targeting > 0, 'the DE-only ads');
+    assert.equal(elig.dropped.excluded_ad, 1);
+    const merge = rep('Merge');
+    assert.equal(merge.dropped.not_sourced, elig.candidatesOut - merge.candidatesOut);
+    assert.ok(rep('EarlyRanker').candidatesIn > 2);
+    assert.equal(rep('EarlyRanker').dropped.below_keep, rep('EarlyRanker').candidatesIn - 2);
+    const div = rep('Diversifier');
+    assert.equal(sum(div.dropped), div.candidatesIn - div.candidatesOut);
+    const t = rep('Targeting');
+    assert.equal(t.detail.method, 'threshold');
+    assert.ok(['bound', 'exhausted'].includes(t.detail.stop as string), `stop=${t.detail.stop}`);
+    assert.ok((t.detail.scored as number) <= elig.candidatesOut);
+  });
+
+  it('when Ann is slow past its timeout, then the Targeting walk goes on without it (its own bound) and answers', async () => {
+    const r = await run({ Ann: { timeout_ms: 10, fault: { delay_ms: 300 } } });
+    assert.deepEqual(r.degradedStages, ['Ann']);
+    const t = r.reports.find((x) => x.name === 'Targeting')!;
+    assert.equal(t.status, 'ok');
+    assert.ok(t.candidatesOut > 0);
+  });
 });

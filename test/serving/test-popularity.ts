@@ -83,4 +83,19 @@ describe('PopularityState', () => {
     const p = new PopularityState(cfg({ segment_attributes: ['country', 'platform'] }));
     assert.deepEqual(p.segmentsOf({ country: ['US', 'US'], platform: ['ios'], community: ['x'] }), ['country=US', 'platform=ios']);
   });
+
+  it('when events arrive and time passes, then rateBound() stays at or above every ad\'s rate, now and later', () => {
+    const p = new PopularityState(cfg({ prior_impressions: 5 }));
+    assert.equal(p.rateBound(), 0);
+    const t = Date.now();
+    p.apply(p.plan([ev(1, true, t), ev(1, true, t), ev(2, false, t), ev(2, true, t), ev(3, false, t)]));
+    const bound = p.rateBound();
+    for (const id of [1, 2, 3]) {
+      for (const dt of [0, 1000, H * 1000, 10 * H * 1000]) assert.ok(p.rate(id, Date.now() + dt) <= bound, `ad ${id} at +${dt} ms`);
+    }
+    assert.ok(Math.abs(bound - p.rate(1, Date.now())) < 1e-6, 'the bound is the largest rate, not a loose constant');
+    p.configure(cfg({ prior_impressions: 1 }));
+    assert.ok(p.rateBound() > bound, 'a smaller prior raises rates, and the bound with them');
+    assert.ok(p.rate(1, Date.now()) <= p.rateBound());
+  });
 });

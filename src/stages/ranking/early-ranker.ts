@@ -171,13 +171,24 @@ function topSorted(items: Candidate[], k: number): Candidate[] {
   return out;
 }
 
+// Scratch for fillSimilarities, grown as needed and reused: run() is synchronous, so one buffer
+// serves every request, and a request allocates no vector rows (a fresh array per call was
+// external memory that brought on full collections).
+let scratchIds = new Uint32Array(0);
+let scratchAt = new Int32Array(0);
+let scratchRows = new Float32Array(0);
+
 /** Computes annScore for candidates without one with one batch read of their vectors (the per-id path is one native call per candidate). */
 function fillSimilarities(input: Candidate[], query: PreparedQuery, vectors: VectorSource): void {
   let n = 0;
   for (let i = 0; i < input.length; i++) if (Number.isNaN(input[i].annScore)) n++;
   if (n === 0) return;
-  const ids = new Uint32Array(n);
-  const at = new Int32Array(n);
+  if (scratchIds.length < n) {
+    scratchIds = new Uint32Array(Math.max(n, scratchIds.length * 2));
+    scratchAt = new Int32Array(scratchIds.length);
+  }
+  const ids = scratchIds.subarray(0, n);
+  const at = scratchAt;
   for (let i = 0, j = 0; i < input.length; i++) {
     if (Number.isNaN(input[i].annScore)) {
       ids[j] = input[i].id;
@@ -185,20 +196,34 @@ function fillSimilarities(input: Candidate[], query: PreparedQuery, vectors: Vec
     }
   }
   const dim = vectors.dim;
-  const rows = new Float32Array(n * dim);
-  vectors.gather!(ids, rows);
+  if (scratchRows.length < n * dim) scratchRows = new Float32Array(Math.max(n * dim, scratchRows.length * 2));
+  const rows = scratchRows;
+  vectors.gather!(ids, rows.subarray(0, n * dim));
+  const a = query.values;
   for (let j = 0; j < n; j++) {
     const c = input[at[j]];
+    const o = j * dim;
     // A missing vector (all zeros) is no evidence either way: similarity 0, as in the per-id path.
     let nonzero = false;
-    const row = rows.subarray(j * dim, (j + 1) * dim);
     for (let x = 0; x < dim; x++) {
-      if (row[x] !== 0) {
+      if (rows[o + x] !== 0) {
         nonzero = true;
         break;
       }
     }
-    c.annScore = nonzero ? similarity(query, row) : 0;
+    if (!nonzero || a.length !== dim) {
+      c.annScore = 0;
+      continue;
+    }
+    let s = 0;
+    if (query.metric === 'l2') {
+      for (let x = 0; x < dim; x++) {
+        const d = a[x] - rows[o + x];
+        s += d * d;
+      }
+      s = -s;
+    } else for (let x = 0; x < dim; x++) s += a[x] * rows[o + x];
+    c.annScore = s;
   }
 }
 

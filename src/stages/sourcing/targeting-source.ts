@@ -25,7 +25,7 @@ import { BID_ORDER, LOG_ZERO, priorOf, type PriorOrder } from '../../serving/pri
 import { ecpm, prepareQuery, sigmoid, similarity, type PreparedQuery } from '../ranking/early-ranker';
 
 /** Eligible ids taken from each order per round of the walk (one vector gather per round). */
-const ROUND = 32;
+const ROUND = 16;
 
 /** similarity() of `q` and the row at `offset` of `rows` (no view allocated per row). */
 function similarityAt(q: PreparedQuery, rows: Float32Array, offset: number): number {
@@ -48,26 +48,26 @@ export function rankerOrderKey(w: EarlyRankerStageConfig['weights']) {
   return { kind: 'ranker' as const, w: { ctr_prior_logit: w.ctr_prior_logit, quality: w.quality } };
 }
 
+/** The range [lo, hi] of similarity() of `query` with any stored vector no longer than `normBound` (unbounded when it is unknown). */
+export function similarityRange(query: PreparedQuery, normBound: number | undefined): [number, number] {
+  let qn = 0;
+  for (let i = 0; i < query.values.length; i++) qn += query.values[i] * query.values[i];
+  qn = Math.sqrt(qn);
+  const nb = normBound ?? Infinity;
+  if (query.metric === 'cos') return [-1, 1];
+  if (query.metric === 'ip') return [-qn * nb, qn * nb];
+  return [-((qn + nb) ** 2), 0];
+}
+
 /**
  * Upper bound of the dynamic part of the ranker's logit without source indicators (bias + w_sim
- * * similarity + w_pop * click rate) for any ad: Infinity when a bound is unknown.
+ * * similarity + w_pop * click rate) for an ad whose similarity lies in `sim` ([lo, hi]; null
+ * when there is no query, so every similarity is 0): Infinity when a bound is unknown.
  */
-export function dynamicBound(w: EarlyRankerStageConfig['weights'], query: PreparedQuery | null, normBound: number | undefined, rateBound: number | undefined): number {
-  let sim = 0;
-  if (query !== null && w.ann_similarity !== 0) {
-    let qn = 0;
-    for (let i = 0; i < query.values.length; i++) qn += query.values[i] * query.values[i];
-    qn = Math.sqrt(qn);
-    const nb = normBound ?? Infinity;
-    let lo: number;
-    let hi: number;
-    if (query.metric === 'cos') [lo, hi] = [-1, 1];
-    else if (query.metric === 'ip') [lo, hi] = [-qn * nb, qn * nb];
-    else [lo, hi] = [-((qn + nb) ** 2), 0];
-    sim = w.ann_similarity > 0 ? w.ann_similarity * hi : w.ann_similarity * lo;
-  }
+export function dynamicBound(w: EarlyRankerStageConfig['weights'], sim: readonly [number, number] | null, rateBound: number | undefined): number {
+  const s = sim === null || w.ann_similarity === 0 ? 0 : w.ann_similarity > 0 ? w.ann_similarity * sim[1] : w.ann_similarity * sim[0];
   const pop = w.popularity_rate > 0 ? w.popularity_rate * (rateBound ?? 1) : 0;
-  const t = w.bias + sim + pop;
+  const t = w.bias + s + pop;
   return Number.isNaN(t) ? Infinity : t;
 }
 
@@ -133,11 +133,24 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     private readonly orders: PriorOrder,
   ) {}
 
-  run(ctx: StageContext): Candidate[] {
+  run(ctx: StageContext): Candidate[] | Promise<Candidate[]> {
     const cfg = ctx.pipeline.stages.Targeting;
     const eligible = ctx.eligible;
     if (!eligible || eligible.count === 0) return [];
-    if (cfg.order === 'ranker') return this.walk(ctx, cfg, eligible);
+    if (cfg.order === 'ranker') {
+      const ann = ctx.sourced?.Ann;
+      if (!ann) return this.walk(ctx, cfg, eligible, null);
+      // Ann's list tightens the bound; past half of this stage's own time the walk goes on without it.
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<null>((resolve) => {
+        timer = setTimeout(() => resolve(null), cfg.timeout_ms / 2);
+      });
+      return Promise.race([ann, late]).then((list) => {
+        clearTimeout(timer);
+        if (list === null) ctx.note('ann_bound', false);
+        return this.walk(ctx, cfg, eligible, list);
+      });
+    }
     const bits = eligible.bits;
     const order = this.orders.get(cfg.prior);
     const k = Math.min(cfg.k, eligible.count);
@@ -162,8 +175,14 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     return ids.map((id, i) => ({ id, sources: SOURCE_BIT.Targeting, annScore: NaN, sourceRank: i, score: NaN }));
   }
 
-  /** The threshold walk of `order: ranker` (see the file's comment). */
-  private walk(ctx: StageContext, cfg: TargetingStageConfig, eligible: EligibleSet): Candidate[] {
+  /**
+   * The threshold walk of `order: ranker` (see the file's comment). `ann`: the Ann stage's list
+   * (null when it did not answer). Its ads are scored first, and the similarity of every other
+   * ad is bounded by its last one's: Ann is the third sorted list of the walk. (With an
+   * approximate index an ad it missed may be more similar than that; without Ann the bound is
+   * the vectors' lengths, exact but loose.)
+   */
+  private walk(ctx: StageContext, cfg: TargetingStageConfig, eligible: EligibleSet, ann: readonly Candidate[] | null): Candidate[] {
     const ads = this.ads;
     const w = ctx.pipeline.stages.EarlyRanker.weights;
     const bidOrder = this.orders.get(BID_ORDER);
@@ -172,7 +191,17 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     const k = Math.min(cfg.k, eligible.count);
     const { vectors, popularity } = ctx.state;
     const query = prepareQuery(ctx.query.embedding, vectors);
-    const t = dynamicBound(w, query, vectors?.normBound, popularity.rateBound?.());
+    let simRange: [number, number] | null = null;
+    if (query !== null) {
+      simRange = similarityRange(query, vectors?.normBound);
+      if (ann !== null && ann.length > 0) {
+        const wanted = Math.min(ctx.pipeline.stages.Ann.k, eligible.count);
+        const last = ann[ann.length - 1].annScore;
+        // A short list holds every eligible ad with a vector; the rest have none (similarity 0).
+        if (!Number.isNaN(last)) simRange[1] = Math.min(simRange[1], ann.length < wanted ? Math.max(last, 0) : last);
+      }
+    }
+    const t = dynamicBound(w, simRange, popularity.rateBound?.());
     const dim = vectors?.dim ?? 0;
     const gather = query !== null && vectors !== null && vectors.gather ? vectors.gather.bind(vectors) : null;
     const batchIds = new Uint32Array(2 * ROUND);
@@ -256,6 +285,21 @@ export class TargetingSource implements Stage<void, Candidate[]> {
       taken = n;
       return at;
     };
+    const score = (id: number, sim: number): number => {
+      const bid = ads.bidMicros(id);
+      const z = wt + (bid > 0 ? keys[id] - Math.log(bid) : 0) + wSim * sim + (wPop !== 0 ? wPop * popularity.rate(id, now) : 0);
+      const s = ecpm(bid, sigmoid(z));
+      return Number.isNaN(s) ? 0 : s;
+    };
+    if (ann !== null && query !== null) {
+      for (const c of ann) {
+        const id = c.id;
+        if (id >>> 5 >= bits.length || ((bits[id >>> 5] >>> (id & 31)) & 1) === 0 || stamp[id] === walk || !ads.has(id) || Number.isNaN(c.annScore)) continue;
+        stamp[id] = walk;
+        push(score(id, c.annScore), id, c.annScore);
+        scored++;
+      }
+    }
     // Each round reads 2 x ROUND eligible ads, split between the orders by how much each lowers
     // the bound: log bound = log b + log sigmoid(x), x = K - log b + T, moves by sigmoid(x) per unit
     // of log b and by 1 - sigmoid(x) per unit of K. A saturated pCTR makes it a walk by bid, a
@@ -269,7 +313,6 @@ export class TargetingSource implements Stage<void, Candidate[]> {
       if (n > 0 && gather) gather(batchIds.subarray(0, n), rows.subarray(0, n * dim));
       for (let i = 0; i < n; i++) {
         const id = batchIds[i];
-        const bid = ads.bidMicros(id);
         let sim = 0;
         if (query !== null) {
           if (gather) sim = similarityAt(query, rows, i * dim);
@@ -278,9 +321,7 @@ export class TargetingSource implements Stage<void, Candidate[]> {
             sim = v !== undefined ? similarity(query, v) : 0;
           }
         }
-        const z = wt + (bid > 0 ? keys[id] - Math.log(bid) : 0) + wSim * sim + (wPop !== 0 ? wPop * popularity.rate(id, now) : 0);
-        const s = ecpm(bid, sigmoid(z));
-        push(Number.isNaN(s) ? 0 : s, id, sim);
+        push(score(id, sim), id, sim);
       }
       scored += n;
       // Either order read to its end: every eligible ad has been scored.

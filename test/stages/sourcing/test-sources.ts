@@ -2,10 +2,10 @@ import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { popularitySchema } from '../../../src/config/schema';
 import { HnswIndex } from '../../../src/native/index';
-import { SOURCE_BIT } from '../../../src/pipeline/types';
+import { SOURCE_BIT, type Candidate } from '../../../src/pipeline/types';
 import { PopularityState } from '../../../src/serving/popularity';
 import { BID_ORDER, PriorOrder, priorOf } from '../../../src/serving/prior-order';
-import { ecpm, features, pctr, prepareQuery } from '../../../src/stages/ranking/early-ranker';
+import { ecpm, features, pctr, prepareQuery, similarity } from '../../../src/stages/ranking/early-ranker';
 import { AnnSource } from '../../../src/stages/sourcing/ann-source';
 import { PopularitySource } from '../../../src/stages/sourcing/popularity-source';
 import { rankerOrderKey, TargetingSource } from '../../../src/stages/sourcing/targeting-source';
@@ -29,7 +29,7 @@ describe('TargetingSource', () => {
           pipeline.stages.Targeting.order = 'prior';
           pipeline.stages.Targeting.k = k;
           const ctx = makeContext({ ads, pipeline, eligible: eligibleOf(ids, ads.capacity) });
-          const got = new TargetingSource(ads, order).run(ctx).map((c) => c.id);
+          const got = (new TargetingSource(ads, order).run(ctx) as Candidate[]).map((c) => c.id);
           const want = ids.sort((a, b) => priorOf(ads, b, pipeline.stages.Targeting.prior) - priorOf(ads, a, pipeline.stages.Targeting.prior) || a - b).slice(0, k);
           assert.deepEqual(got, want);
         },
@@ -45,7 +45,7 @@ describe('TargetingSource', () => {
     const pipeline = defaultPipeline();
     pipeline.stages.Targeting.order = 'prior';
     const ctx = makeContext({ ads, pipeline, eligible: eligibleOf([3, 7, 4000], ads.capacity) });
-    const out = new TargetingSource(ads, order).run(ctx);
+    const out = new TargetingSource(ads, order).run(ctx) as Candidate[];
     assert.deepEqual(
       out.map((c) => c.id),
       [4000, 7, 3],
@@ -75,9 +75,9 @@ describe('TargetingSource, order: ranker (threshold walk)', () => {
   }
   const weight = fc.double({ min: -3, max: 3, noNaN: true });
 
-  it('when any catalog, weights and eligible set are given, then it returns the exact top k by the EarlyRanker\'s own score (no source indicators)', () => {
-    fc.assert(
-      fc.property(
+  it('when any catalog, weights and eligible set are given, with or without an (exact) Ann list, then it returns the exact top k by the EarlyRanker\'s own score (no source indicators)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
         fc.array(
           fc.record({
             bid: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 50_000_000 })),
@@ -93,7 +93,8 @@ describe('TargetingSource, order: ranker (threshold walk)', () => {
         fc.constantFrom<'ip' | 'cos' | 'l2'>('ip', 'cos', 'l2'),
         fc.integer({ min: 1, max: 40 }),
         fc.boolean(),
-        (rows, w, metric, k, withQuery) => {
+        fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 30 })),
+        async (rows, w, metric, k, withQuery, annK) => {
           const ads = adTable(rows.map((r, id) => ({ id, bid_micros: r.bid, ctr_prior: r.ctr, quality: r.quality })));
           const vectors = new BoundedVectors(DIM, metric, rows.map((r, id) => [id, r.v] as [number, number[]]));
           const popularity = new BoundedPopularity(new Map(rows.map((r, id) => [id, r.rate])));
@@ -106,10 +107,20 @@ describe('TargetingSource, order: ranker (threshold walk)', () => {
           order.get(rankerOrderKey(pipeline.stages.EarlyRanker.weights));
           const ids = rows.map((_, id) => id).filter((id) => rows[id].allowed);
           const embedding = withQuery ? Float32Array.from([0.5, -1, 1.5, 0.25]) : null;
-          const ctx = makeContext({ ads, vectors, popularity, pipeline, query: { embedding }, eligible: eligibleOf(ids, ads.capacity), nowMs: 1 });
-          const got = new TargetingSource(ads, order).run(ctx);
-          // The EarlyRanker's score of each eligible ad with no source indicator (as the reference scores it).
+          const base = makeContext({ ads, vectors, popularity, pipeline, query: { embedding }, eligible: eligibleOf(ids, ads.capacity), nowMs: 1 });
           const q = prepareQuery(embedding, vectors);
+          // An exact Ann list: the annK eligible ads most similar to the query, best first.
+          pipeline.stages.Ann.k = Math.max(1, annK);
+          const annList =
+            annK > 0 && q
+              ? ids
+                  .map((id) => ({ id, sources: SOURCE_BIT.Ann, annScore: similarity(q, vectors.get(id)!), sourceRank: 0, score: NaN }))
+                  .sort((a, b) => b.annScore - a.annScore || a.id - b.id)
+                  .slice(0, annK)
+              : null;
+          const ctx = { ...base, sourced: annList ? { Ann: Promise.resolve(annList) } : {} };
+          const got = await new TargetingSource(ads, order).run(ctx);
+          // The EarlyRanker's score of each eligible ad with no source indicator (as the reference scores it).
           const score = (id: number) => {
             const f = features(ads, popularity, vectors, q, 1, { id, sources: 0, annScore: NaN, sourceRank: 0, score: NaN });
             return ecpm(ads.bidMicros(id), pctr(pipeline.stages.EarlyRanker.weights, f));
@@ -122,7 +133,7 @@ describe('TargetingSource, order: ranker (threshold walk)', () => {
             assert.ok(Math.abs(s - want[i].s) <= 1e-9 * Math.max(1, Math.abs(want[i].s)), `rank ${i}: got ad ${c.id} (${s}), want ad ${want[i].id} (${want[i].s})`);
             assert.equal(c.sources, SOURCE_BIT.Targeting);
           });
-          assert.notEqual(ctx.notes.get('stop'), 'cap');
+          assert.notEqual(base.notes.get('stop'), 'cap');
         },
       ),
       { numRuns: 300 },
@@ -137,7 +148,7 @@ describe('TargetingSource, order: ranker (threshold walk)', () => {
     const pipeline = defaultPipeline();
     pipeline.stages.Targeting.k = 10;
     const ctx = makeContext({ ads, pipeline, popularity: new BoundedPopularity(), eligible: eligibleOf(ads.ids(), ads.capacity) });
-    const out = new TargetingSource(ads, order).run(ctx);
+    const out = new TargetingSource(ads, order).run(ctx) as Candidate[];
     assert.deepEqual(
       out.map((c) => c.id),
       Array.from({ length: 10 }, (_, i) => i),
@@ -154,7 +165,7 @@ describe('TargetingSource, order: ranker (threshold walk)', () => {
     pipeline.stages.Targeting.k = 50;
     pipeline.stages.Targeting.max_steps = 100;
     const ctx = makeContext({ ads, pipeline, eligible: eligibleOf(ads.ids(), ads.capacity) });
-    const out = new TargetingSource(ads, order).run(ctx);
+    const out = new TargetingSource(ads, order).run(ctx) as Candidate[];
     assert.equal(ctx.notes.get('stop'), 'cap');
     assert.ok((ctx.notes.get('steps') as number) <= 100);
     assert.equal(out.length, 50);
