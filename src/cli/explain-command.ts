@@ -6,9 +6,8 @@
  */
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { packageDefinition } from '../grpc/proto';
 import { retrieveFromJson, retrieveToJson } from '../grpc/request-json';
-import { readRequest } from './retrieve-command';
+import { channelCredentials, readRequest, retrievalClient } from './retrieve-command';
 
 /** Options as commander parses them. */
 export interface ExplainCommandOptions {
@@ -102,21 +101,12 @@ export async function runExplain(opts: ExplainCommandOptions): Promise<number> {
   }
   let creds: grpc.ChannelCredentials;
   try {
-    creds = opts.tlsCa
-      ? grpc.credentials.createSsl(
-          fs.readFileSync(opts.tlsCa),
-          opts.tlsKey ? fs.readFileSync(opts.tlsKey) : null,
-          opts.tlsCert ? fs.readFileSync(opts.tlsCert) : null,
-        )
-      : grpc.credentials.createInsecure();
+    creds = channelCredentials(opts);
   } catch (err) {
     process.stderr.write(`funnel explain: ${(err as Error).message}\n`);
     return 2;
   }
-  const def = grpc.loadPackageDefinition(packageDefinition()) as unknown as {
-    funnel: { v1: { Retrieval: new (addr: string, creds: grpc.ChannelCredentials) => grpc.Client & Record<string, Function> } };
-  };
-  const client = new def.funnel.v1.Retrieval(opts.addr, creds);
+  const client = retrievalClient(opts.addr, creds);
   const metadata = new grpc.Metadata();
   if (token !== undefined) metadata.set('authorization', `Bearer ${token}`);
   try {

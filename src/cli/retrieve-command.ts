@@ -31,6 +31,21 @@ export function readRequest(file: string | undefined): Record<string, unknown> {
   return req;
 }
 
+/** Channel credentials of the client commands: TLS (mutual with --tls-cert/--tls-key) when --tls-ca is given, else plaintext; throws when a file cannot be read. */
+export function channelCredentials(opts: { tlsCa?: string; tlsCert?: string; tlsKey?: string }): grpc.ChannelCredentials {
+  return opts.tlsCa
+    ? grpc.credentials.createSsl(fs.readFileSync(opts.tlsCa), opts.tlsKey ? fs.readFileSync(opts.tlsKey) : null, opts.tlsCert ? fs.readFileSync(opts.tlsCert) : null)
+    : grpc.credentials.createInsecure();
+}
+
+/** A funnel.v1.Retrieval client (dynamic stub: methods by name) for `addr`. */
+export function retrievalClient(addr: string, creds: grpc.ChannelCredentials): grpc.Client & Record<string, Function> {
+  const def = grpc.loadPackageDefinition(packageDefinition()) as unknown as {
+    funnel: { v1: { Retrieval: new (addr: string, creds: grpc.ChannelCredentials) => grpc.Client & Record<string, Function> } };
+  };
+  return new def.funnel.v1.Retrieval(addr, creds);
+}
+
 /** Runs `funnel retrieve`; resolves to the exit code (0 ok, 1 the call failed, 2 bad request file). */
 export async function runRetrieve(opts: RetrieveCommandOptions): Promise<number> {
   let request: unknown;
@@ -40,17 +55,7 @@ export async function runRetrieve(opts: RetrieveCommandOptions): Promise<number>
     process.stderr.write(`funnel retrieve: ${(err as Error).message}\n`);
     return 2;
   }
-  const def = grpc.loadPackageDefinition(packageDefinition()) as unknown as {
-    funnel: { v1: { Retrieval: new (addr: string, creds: grpc.ChannelCredentials) => grpc.Client & Record<string, Function> } };
-  };
-  const creds = opts.tlsCa
-    ? grpc.credentials.createSsl(
-        fs.readFileSync(opts.tlsCa),
-        opts.tlsKey ? fs.readFileSync(opts.tlsKey) : null,
-        opts.tlsCert ? fs.readFileSync(opts.tlsCert) : null,
-      )
-    : grpc.credentials.createInsecure();
-  const client = new def.funnel.v1.Retrieval(opts.addr, creds);
+  const client = retrievalClient(opts.addr, channelCredentials(opts));
   try {
     const res = await new Promise<unknown>((resolve, reject) => {
       client.Retrieve(request, { deadline: Date.now() + opts.timeoutMs }, (err: grpc.ServiceError | null, r: unknown) => (err ? reject(err) : resolve(r)));

@@ -23,10 +23,11 @@ import type { StageObserver } from '../pipeline/run-stage';
 import { sourceNames, type RetrieveQuery, type StageReport } from '../pipeline/types';
 import { AD_ID } from '../store/catalog-schema';
 import type { ServingState } from '../serving/state';
-import { blankRetrieve, decodeRetrieveRequest, type DecodedRetrieve } from './codec';
+import { decodeRetrieveRequest, type DecodedRetrieve } from './codec';
+import { retrieveFromJson } from './request-json';
 import { LoopLag } from './loop-lag';
 import { packageDefinition, reflectedDefinition } from './proto';
-import { RpcError, checkAttributes, invalid, lostProtoKey, recordToAd, validateAdIds, validateAds, validateRetrieve, type AdMessage } from './validate';
+import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateRetrieve, type AdMessage } from './validate';
 
 /** TLS files for both services; `clientCa` turns on mutual TLS (client certificates required). */
 export interface TlsOptions {
@@ -320,9 +321,10 @@ export class FunnelServer {
     });
     let request: DecodedRetrieve;
     try {
-      request = retrieveFromMessage(req.request);
+      // proto-loader's object has the proto's field names: proto3 JSON's reader takes it as is.
+      request = retrieveFromJson(req.request ?? {});
     } catch (err) {
-      throw invalid('request', (err as Error).message);
+      throw new RpcError(grpc.status.INVALID_ARGUMENT, `request.${(err as Error).message}`);
     }
     const run = await this.execute(call, request, t, true, 'request.');
     const state = this.state;
@@ -547,28 +549,6 @@ interface RetrieveResponseMessage {
   request_id: string;
   pipeline: string;
   data_seq: string;
-}
-
-/** Explain's embedded RetrieveRequest in the shape the Retrieve codec gives (unset fields at their defaults). */
-function retrieveFromMessage(m: ExplainMessage['request']): DecodedRetrieve {
-  const out = blankRetrieve();
-  if (!m) return out;
-  const attributes: Record<string, { values: string[] }> = {};
-  if (lostProtoKey(m.attributes)) throw new Error('attributes: the attribute name "__proto__" is not allowed');
-  for (const [k, v] of Object.entries(m.attributes ?? {})) attributes[k] = { values: v?.values ?? [] };
-  return {
-    ...out,
-    request_id: m.request_id ?? '',
-    user_id: m.user_id ?? '',
-    attributes,
-    user_embedding: Float32Array.from(m.user_embedding ?? []),
-    num_results: m.num_results ?? 0,
-    exclude_ad_ids: m.exclude_ad_ids ?? [],
-    exclude_advertiser_ids: m.exclude_advertiser_ids ?? [],
-    blocked_categories: m.blocked_categories ?? [],
-    pipeline: m.pipeline ?? '',
-    debug: m.debug ?? false,
-  };
 }
 
 /** Runs `fn`; an INVALID_ARGUMENT it throws names its field under `prefix` (Explain's `request.`). */

@@ -7,14 +7,15 @@
  */
 import { strict as assert } from 'node:assert';
 import * as http from 'node:http';
-import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { row } from '../fixtures/catalog';
+import { rng } from '../fixtures/vectors';
 import { whyIneligible, type OracleRow, type ReportedSpend } from '../fixtures/eligibility-oracle';
 import {
   adminMetadata,
   attrs,
+  freePort,
   isoFromNow,
   rpcError,
   startE2eServer,
@@ -106,17 +107,6 @@ function stage(res: { stages: StageStatsMsg[] }, name: string): StageStatsMsg {
   return s;
 }
 
-/** A port nothing listens on right now (start() treats metricsPort 0 as "off"). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** The body of GET http://127.0.0.1:`port`/metrics. */
 function scrape(port: number): Promise<string> {
@@ -400,17 +390,7 @@ describe('e2e: Explain', function () {
   });
 
   describe('as a property over random catalogs, configs and requests', () => {
-    /** Deterministic PRNG (mulberry32): the catalogs are fixed per seed, the requests come from fast-check. */
-    function prng(seed: number): () => number {
-      let a = seed >>> 0;
-      return () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-      };
-    }
+    // The catalogs are fixed per seed (rng: mulberry32), the requests come from fast-check.
 
     const VOCAB: Readonly<Record<string, readonly string[]>> = { country: ['US', 'CA', 'DE'], platform: ['ios', 'android', 'web'] };
     const BUDGET = 1_000_000;
@@ -450,7 +430,7 @@ describe('e2e: Explain', function () {
     ];
 
     function catalog(shape: Shape): { rows: Record<string, unknown>[]; spends: { ad_id: string; spend_micros: number }[]; clicked: string[] } {
-      const rnd = prng(shape.seed);
+      const rnd = rng(shape.seed);
       const pick = <T>(list: readonly T[]): T => list[Math.floor(rnd() * list.length)];
       const someOf = (list: readonly string[]): string[] => {
         const out = list.filter(() => rnd() < 0.5);

@@ -5,25 +5,13 @@
  */
 import { strict as assert } from 'node:assert';
 import * as http from 'node:http';
-import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { METRIC_NAMES } from '../../src/telemetry/metrics';
 import { row } from '../fixtures/catalog';
-import { rpcError, sleep, startE2eServer, type AdMsg, type E2eServer } from '../fixtures/e2e-server';
+import { freePort, rpcError, sleep, startE2eServer, type AdMsg, type E2eServer } from '../fixtures/e2e-server';
 
 const DIM = 8;
 
-/** A port nothing listens on right now (start() treats metricsPort 0 as "off"). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** GET `path` on 127.0.0.1:`port`: status, content type and body. */
 function get(port: number, path: string, method = 'GET'): Promise<{ status: number; contentType: string; body: string }> {

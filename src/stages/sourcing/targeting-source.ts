@@ -71,54 +71,94 @@ export function dynamicBound(w: EarlyRankerStageConfig['weights'], sim: readonly
   return Number.isNaN(t) ? Infinity : t;
 }
 
-/** Top-k of (key, id) by key descending, ties by id ascending; a small binary heap. */
-function topByScan(bits: Uint32Array, k: number, key: (id: number) => number): number[] {
-  const heapK: number[] = [];
-  const heapId: number[] = [];
-  // Min-heap on (key, -id): the root is the worst kept.
-  const worse = (i: number, j: number) => heapK[i] < heapK[j] || (heapK[i] === heapK[j] && heapId[i] > heapId[j]);
-  const swap = (i: number, j: number) => {
-    [heapK[i], heapK[j]] = [heapK[j], heapK[i]];
-    [heapId[i], heapId[j]] = [heapId[j], heapId[i]];
-  };
-  const down = (i: number) => {
-    for (;;) {
+/** The best k of (key, id, extra) triples by key descending, ties by id ascending: a binary min-heap (root = the worst kept) over parallel typed arrays. */
+export class TopK {
+  private readonly keys: Float64Array;
+  private readonly ids: Int32Array;
+  private readonly extras: Float64Array;
+  /** Entries held (at most k). */
+  size = 0;
+
+  constructor(readonly k: number) {
+    this.keys = new Float64Array(k);
+    this.ids = new Int32Array(k);
+    this.extras = new Float64Array(k);
+  }
+
+  /** The worst key held (meaningful once size > 0). */
+  get worstKey(): number {
+    return this.keys[0];
+  }
+
+  private worse(i: number, j: number): boolean {
+    return this.keys[i] < this.keys[j] || (this.keys[i] === this.keys[j] && this.ids[i] > this.ids[j]);
+  }
+
+  private swap(i: number, j: number): void {
+    const k = this.keys;
+    const d = this.ids;
+    const e = this.extras;
+    let x = k[i];
+    k[i] = k[j];
+    k[j] = x;
+    x = d[i];
+    d[i] = d[j];
+    d[j] = x;
+    x = e[i];
+    e[i] = e[j];
+    e[j] = x;
+  }
+
+  /** Offers a triple; kept when fewer than k are held or it beats the worst. */
+  push(key: number, id: number, extra = 0): void {
+    if (this.size < this.k) {
+      const at = this.size++;
+      this.keys[at] = key;
+      this.ids[at] = id;
+      this.extras[at] = extra;
+      for (let i = at; i > 0; ) {
+        const p = (i - 1) >> 1;
+        if (!this.worse(i, p)) break;
+        this.swap(i, p);
+        i = p;
+      }
+      return;
+    }
+    if (this.k === 0 || !(key > this.keys[0] || (key === this.keys[0] && id < this.ids[0]))) return;
+    this.keys[0] = key;
+    this.ids[0] = id;
+    this.extras[0] = extra;
+    for (let i = 0; ; ) {
       const l = 2 * i + 1;
-      const r = l + 1;
       let m = i;
-      if (l < heapK.length && worse(l, m)) m = l;
-      if (r < heapK.length && worse(r, m)) m = r;
+      if (l < this.size && this.worse(l, m)) m = l;
+      if (l + 1 < this.size && this.worse(l + 1, m)) m = l + 1;
       if (m === i) return;
-      swap(i, m);
+      this.swap(i, m);
       i = m;
     }
-  };
+  }
+
+  /** The held entries, best first: ids and their extras. */
+  sorted(): { ids: number[]; extras: number[] } {
+    const order = Array.from({ length: this.size }, (_, i) => i).sort((a, b) => this.keys[b] - this.keys[a] || this.ids[a] - this.ids[b]);
+    return { ids: order.map((i) => this.ids[i]), extras: order.map((i) => this.extras[i]) };
+  }
+}
+
+/** Top-k ids set in `bits` by key descending, ties by id ascending. */
+function topByScan(bits: Uint32Array, k: number, key: (id: number) => number): number[] {
+  const top = new TopK(k);
   for (let w = 0; w < bits.length; w++) {
     let word = bits[w];
     while (word !== 0) {
       const t = word & -word;
       const id = (w << 5) + (31 - Math.clz32(t));
       word ^= t;
-      const kv = key(id);
-      if (heapK.length < k) {
-        heapK.push(kv);
-        heapId.push(id);
-        let i = heapK.length - 1;
-        while (i > 0) {
-          const p = (i - 1) >> 1;
-          if (!worse(i, p)) break;
-          swap(i, p);
-          i = p;
-        }
-      } else if (kv > heapK[0] || (kv === heapK[0] && id < heapId[0])) {
-        heapK[0] = kv;
-        heapId[0] = id;
-        down(0);
-      }
+      top.push(key(id), id);
     }
   }
-  const idx = heapId.map((_, i) => i).sort((a, b) => heapK[b] - heapK[a] || heapId[a] - heapId[b]);
-  return idx.map((i) => heapId[i]);
+  return top.sorted().ids;
 }
 
 /** Targeting candidates, best first (by the ranker's score without source indicators for `order: ranker`, by prior otherwise). */
@@ -207,53 +247,8 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     const batchIds = new Uint32Array(2 * ROUND);
     const rows = new Float32Array(gather ? 2 * ROUND * dim : 0);
     const now = ctx.nowMs;
-    // Top k by score: a min-heap (root = worst kept) over parallel arrays.
-    const heapS = new Float64Array(k);
-    const heapId = new Int32Array(k);
-    const heapSim = new Float64Array(k);
-    let size = 0;
-    const worse = (i: number, j: number) => heapS[i] < heapS[j] || (heapS[i] === heapS[j] && heapId[i] > heapId[j]);
-    const swap = (i: number, j: number) => {
-      let x = heapS[i];
-      heapS[i] = heapS[j];
-      heapS[j] = x;
-      x = heapId[i];
-      heapId[i] = heapId[j];
-      heapId[j] = x;
-      x = heapSim[i];
-      heapSim[i] = heapSim[j];
-      heapSim[j] = x;
-    };
-    const down = (i: number) => {
-      for (;;) {
-        const l = 2 * i + 1;
-        let m = i;
-        if (l < size && worse(l, m)) m = l;
-        if (l + 1 < size && worse(l + 1, m)) m = l + 1;
-        if (m === i) return;
-        swap(i, m);
-        i = m;
-      }
-    };
-    const push = (s: number, id: number, sim: number) => {
-      if (size < k) {
-        heapS[size] = s;
-        heapId[size] = id;
-        heapSim[size] = sim;
-        let i = size++;
-        while (i > 0) {
-          const p = (i - 1) >> 1;
-          if (!worse(i, p)) break;
-          swap(i, p);
-          i = p;
-        }
-      } else if (s > heapS[0] || (s === heapS[0] && id < heapId[0])) {
-        heapS[0] = s;
-        heapId[0] = id;
-        heapSim[0] = sim;
-        down(0);
-      }
-    };
+    // Top k by score, with each one's similarity.
+    const top = new TopK(k);
     if (this.stamp.length < ads.capacity) this.stamp = new Uint32Array(Math.max(ads.capacity, this.stamp.length * 2));
     if (++this.walks === 0xffffffff) {
       this.stamp.fill(0);
@@ -296,7 +291,7 @@ export class TargetingSource implements Stage<void, Candidate[]> {
         const id = c.id;
         if (id >>> 5 >= bits.length || ((bits[id >>> 5] >>> (id & 31)) & 1) === 0 || stamp[id] === walk || !ads.has(id) || Number.isNaN(c.annScore)) continue;
         stamp[id] = walk;
-        push(score(id, c.annScore), id, c.annScore);
+        top.push(score(id, c.annScore), id, c.annScore);
         scored++;
       }
     }
@@ -321,7 +316,7 @@ export class TargetingSource implements Stage<void, Candidate[]> {
             sim = v !== undefined ? similarity(query, v) : 0;
           }
         }
-        push(score(id, sim), id, sim);
+        top.push(score(id, sim), id, sim);
       }
       scored += n;
       // Either order read to its end: every eligible ad has been scored.
@@ -329,7 +324,7 @@ export class TargetingSource implements Stage<void, Candidate[]> {
       const b = ads.bidMicros(bidOrder[pb]);
       const x = keys[keyOrder[pk]] - Math.log(b) + t;
       const bound = b > 0 && keys[keyOrder[pk]] > LOG_ZERO ? ecpm(b, sigmoid(x)) : 0;
-      if (size >= k && heapS[0] >= bound) {
+      if (top.size >= k && top.worstKey >= bound) {
         stop = 'bound';
         break;
       }
@@ -346,8 +341,8 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     ctx.note('stop', stop);
     if (pb < bidOrder.length) ctx.note('next_bid', ads.bidMicros(bidOrder[pb]));
     if (pk < keyOrder.length) ctx.note('next_key', Number(keys[keyOrder[pk]].toFixed(4)));
-    const order = Array.from({ length: size }, (_, i) => i).sort((a, b) => heapS[b] - heapS[a] || heapId[a] - heapId[b]);
+    const best = top.sorted();
     // The walk's similarity goes on as annScore: the EarlyRanker need not read the vector again.
-    return order.map((i, r) => ({ id: heapId[i], sources: SOURCE_BIT.Targeting, annScore: query === null ? NaN : heapSim[i], sourceRank: r, score: NaN }));
+    return best.ids.map((id, r) => ({ id, sources: SOURCE_BIT.Targeting, annScore: query === null ? NaN : best.extras[r], sourceRank: r, score: NaN }));
   }
 }
