@@ -126,3 +126,67 @@ export function encodeRetrieveRequest(req: Partial<Omit<DecodedRetrieve, 'user_e
   const msg = t.fromObject({ ...req, user_embedding: req.user_embedding ? Array.from(req.user_embedding) : [] });
   return Buffer.from(t.encode(msg).finish());
 }
+
+/** The RetrieveResponse message as the handlers build it (proto field names; data_seq a decimal string). */
+export interface RetrieveResponseMessage {
+  candidates: { ad_id: string; advertiser_id: string; campaign_id: string; category: string; score: number; sources: string[] }[];
+  degraded: boolean;
+  degraded_stages: string[];
+  stages: {
+    name: string;
+    candidates_in: number;
+    candidates_out: number;
+    latency_ms: number;
+    status: string;
+    detail: string;
+    dropped: Record<string, number>;
+  }[];
+  request_id: string;
+  pipeline: string;
+  data_seq: string;
+}
+
+// Tags of RetrieveResponse and its nested messages: (field number << 3) | wire type.
+const LEN = 2;
+const VARINT = 0;
+const I64 = 1;
+const tag = (field: number, wire: number) => (field << 3) | wire;
+
+/**
+ * Encodes a RetrieveResponse straight into protobuf bytes, as protobufjs's fromObject + encode
+ * would (same field order, proto3 defaults omitted), without building the intermediate message
+ * objects: the answer of every Retrieve goes through here.
+ */
+export function encodeRetrieveResponse(m: RetrieveResponseMessage): Buffer {
+  const w = protobuf.Writer.create();
+  for (const c of m.candidates) {
+    w.uint32(tag(1, LEN)).fork();
+    if (c.ad_id !== '') w.uint32(tag(1, LEN)).string(c.ad_id);
+    if (c.advertiser_id !== '') w.uint32(tag(2, LEN)).string(c.advertiser_id);
+    if (c.campaign_id !== '') w.uint32(tag(3, LEN)).string(c.campaign_id);
+    if (c.category !== '') w.uint32(tag(4, LEN)).string(c.category);
+    if (c.score !== 0 || Object.is(c.score, -0)) w.uint32(tag(5, I64)).double(c.score);
+    for (const s of c.sources) w.uint32(tag(6, LEN)).string(s);
+    w.ldelim();
+  }
+  if (m.degraded) w.uint32(tag(2, VARINT)).bool(true);
+  for (const s of m.degraded_stages) w.uint32(tag(3, LEN)).string(s);
+  for (const s of m.stages) {
+    w.uint32(tag(4, LEN)).fork();
+    if (s.name !== '') w.uint32(tag(1, LEN)).string(s.name);
+    if (s.candidates_in !== 0) w.uint32(tag(2, VARINT)).uint32(s.candidates_in);
+    if (s.candidates_out !== 0) w.uint32(tag(3, VARINT)).uint32(s.candidates_out);
+    if (s.latency_ms !== 0 || Object.is(s.latency_ms, -0)) w.uint32(tag(4, I64)).double(s.latency_ms);
+    if (s.status !== '') w.uint32(tag(5, LEN)).string(s.status);
+    if (s.detail !== '') w.uint32(tag(6, LEN)).string(s.detail);
+    for (const k of Object.keys(s.dropped)) {
+      // A map entry is a nested message {1: key, 2: value}; protobufjs writes both, defaults too.
+      w.uint32(tag(7, LEN)).fork().uint32(tag(1, LEN)).string(k).uint32(tag(2, VARINT)).uint32(s.dropped[k]).ldelim();
+    }
+    w.ldelim();
+  }
+  if (m.request_id !== '') w.uint32(tag(5, LEN)).string(m.request_id);
+  if (m.pipeline !== '') w.uint32(tag(6, LEN)).string(m.pipeline);
+  if (m.data_seq !== '' && m.data_seq !== '0') w.uint32(tag(7, VARINT)).uint64(m.data_seq);
+  return Buffer.from(w.finish());
+}

@@ -23,7 +23,7 @@ import type { StageObserver } from '../pipeline/run-stage';
 import { sourceNames, type RetrieveQuery, type StageReport } from '../pipeline/types';
 import { AD_ID } from '../store/catalog-schema';
 import type { ServingState } from '../serving/state';
-import { decodeRetrieveRequest, type DecodedRetrieve } from './codec';
+import { decodeRetrieveRequest, encodeRetrieveResponse, type DecodedRetrieve, type RetrieveResponseMessage } from './codec';
 import { retrieveFromJson } from './request-json';
 import { LoopLag } from './loop-lag';
 import { packageDefinition, reflectedDefinition } from './proto';
@@ -116,7 +116,12 @@ export class FunnelServer {
     const def = packageDefinition();
     const retrieval = { ...(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
     // Retrieve's request is decoded by our codec: the embedding is copied once, straight into a Float32Array.
-    retrieval.Retrieve = { ...retrieval.Retrieve, requestDeserialize: (b: Buffer) => decodeRetrieveRequest(b) };
+    // ... and its answer encoded straight into bytes, without protobufjs's fromObject pass.
+    retrieval.Retrieve = {
+      ...retrieval.Retrieve,
+      requestDeserialize: (b: Buffer) => decodeRetrieveRequest(b),
+      responseSerialize: (m: RetrieveResponseMessage) => encodeRetrieveResponse(m),
+    };
     this.server.addService(retrieval, {
       Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)),
       Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call: grpc.ServerUnaryCall<ExplainMessage, unknown>, t) => this.explain(call, t)),
@@ -538,17 +543,6 @@ interface EventMessage {
 interface ExplainMessage {
   request?: Partial<Omit<DecodedRetrieve, 'user_embedding'>> & { user_embedding?: number[] };
   ad_ids?: string[];
-}
-
-/** The RetrieveResponse message the handlers answer with. */
-interface RetrieveResponseMessage {
-  candidates: { ad_id: string; advertiser_id: string; campaign_id: string; category: string; score: number; sources: string[] }[];
-  degraded: boolean;
-  degraded_stages: string[];
-  stages: unknown[];
-  request_id: string;
-  pipeline: string;
-  data_seq: string;
 }
 
 /** Runs `fn`; an INVALID_ARGUMENT it throws names its field under `prefix` (Explain's `request.`). */

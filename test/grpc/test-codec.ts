@@ -1,6 +1,8 @@
 import { strict as assert } from 'node:assert';
 import * as protobuf from 'protobufjs';
-import { decodeRetrieveRequest, encodeRetrieveRequest } from '../../src/grpc/codec';
+import fc from 'fast-check';
+import { decodeRetrieveRequest, encodeRetrieveRequest, encodeRetrieveResponse } from '../../src/grpc/codec';
+import { protoRoot } from '../../src/grpc/proto';
 
 describe('Retrieve codec', () => {
   it('when the embedding is packed, then it decodes to the same floats in a Float32Array', () => {
@@ -50,5 +52,34 @@ describe('Retrieve codec', () => {
     assert.equal(d.user_embedding.length, 0);
     assert.equal(d.pipeline, '');
     assert.equal(d.num_results, 0);
+  });
+
+  it('when any RetrieveResponse is encoded directly, then it decodes to what protobufjs fromObject + encode gives', () => {
+    const T = protoRoot().lookupType('funnel.v1.RetrieveResponse');
+    const str = fc.string({ maxLength: 12 });
+    const num = fc.oneof(fc.double({ noNaN: true }), fc.constant(0), fc.constant(-0));
+    const u32 = fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 0xffffffff }));
+    fc.assert(
+      fc.property(
+        fc.record({
+          candidates: fc.array(fc.record({ ad_id: str, advertiser_id: str, campaign_id: str, category: str, score: num, sources: fc.array(str, { maxLength: 3 }) }), { maxLength: 5 }),
+          degraded: fc.boolean(),
+          degraded_stages: fc.array(str, { maxLength: 3 }),
+          stages: fc.array(
+            fc.record({ name: str, candidates_in: u32, candidates_out: u32, latency_ms: num, status: str, detail: str, dropped: fc.dictionary(fc.string({ minLength: 1, maxLength: 8 }), u32, { maxKeys: 4 }) }),
+            { maxLength: 4 },
+          ),
+          request_id: str,
+          pipeline: str,
+          data_seq: fc.oneof(fc.constant('0'), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }).map(String)),
+        }),
+        (m) => {
+          const ours = T.toObject(T.decode(encodeRetrieveResponse(m)), { longs: String, defaults: true });
+          const theirs = T.toObject(T.decode(T.encode(T.fromObject(m)).finish()), { longs: String, defaults: true });
+          assert.deepEqual(ours, theirs);
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 });
