@@ -217,6 +217,14 @@ export const experimentsSchema = z
   })
   .strict();
 
+/** Background checkpoints of the ANN index, so a restart (even after kill -9) replays a bounded change log. */
+export const checkpointSchema = z
+  .object({
+    changes: int(1, 100_000_000).default(10_000).describe('checkpoint once this many ads changed in the ANN index since the last one'),
+    interval_s: int(1, 86_400).default(300).describe('checkpoint when changes have waited this long, however few'),
+  })
+  .strict();
+
 /** Trace sampling knobs (the exporter itself is set up by OTEL_* variables at start). */
 export const tracingSchema = z
   .object({
@@ -239,6 +247,7 @@ export const configSchema = z
     limits: limitsSchema.default(() => limitsSchema.parse({})),
     popularity: popularitySchema.default(() => popularitySchema.parse({})),
     tracing: tracingSchema.default(() => tracingSchema.parse({})),
+    checkpoint: checkpointSchema.default(() => checkpointSchema.parse({})),
     default_pipeline: z.string().min(1).default('default'),
     experiments: experimentsSchema.default(() => experimentsSchema.parse({})),
     pipelines: z.record(z.string().min(1), pipelineSchema).default(() => ({ default: pipelineSchema.parse({}) })),
@@ -277,6 +286,7 @@ export type StagesConfig = z.infer<typeof stagesSchema>;
 export type LimitsConfig = z.infer<typeof limitsSchema>;
 export type PopularityConfig = z.infer<typeof popularitySchema>;
 export type TracingConfig = z.infer<typeof tracingSchema>;
+export type CheckpointConfig = z.infer<typeof checkpointSchema>;
 export type AnnStageConfig = z.infer<typeof annStageSchema>;
 export type TargetingStageConfig = z.infer<typeof targetingStageSchema>;
 export type PopularityStageConfig = z.infer<typeof popularityStageSchema>;

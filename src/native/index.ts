@@ -101,6 +101,8 @@ export interface VectorIndex {
   searchBatchAsync(queries: Float32Array, k: number, options?: SearchOptions): Promise<BatchResult>;
   /** Writes the index to one file (atomically: temp file, fsync, rename); `tag` is kept for the caller (e.g. a change sequence number). */
   save(file: string, options?: { tag?: number }): void;
+  /** save() on the thread pool: searches may run meanwhile; the caller keeps writes (add, remove) out until it settles. */
+  saveAsync(file: string, options?: { tag?: number }): Promise<void>;
   /** The `tag` given to save() of the file this index was loaded from; 0 otherwise. */
   readonly tag: number;
   /** Approximate bytes held by the index. */

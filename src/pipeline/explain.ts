@@ -179,8 +179,20 @@ export function explainIds(
       return dropped('Filters', 'ineligible', 'no longer eligible when Filters re-checked it (changed while the request ran)');
     }
     if (!ranked.has(id)) {
-      const r = scoreRank.get(id);
       const last = result.ranked.length > 0 ? result.ranked[result.ranked.length - 1].score : NaN;
+      const rankerReport = result.reports.find((x) => x.name === 'EarlyRanker');
+      if (rankerReport && rankerReport.status !== 'ok') {
+        // The funnel kept the best `keep` by bid x ctr_prior instead (its fallback order).
+        const ads = state.ads;
+        const fallback = (x: number) => (ads.bidMicros(x) / 1e6) * ads.ctrPrior(x) * 1000;
+        const mine = fallback(id);
+        const above = trace.filtered.filter((c) => fallback(c.id) > mine || (fallback(c.id) === mine && c.id < id)).length;
+        return {
+          ...dropped('EarlyRanker', 'below_keep', `the EarlyRanker ${rankerReport.status === 'timeout' ? 'timed out' : 'failed'}; by bid x ctr_prior (${fmt(mine)}) it ranks ${above + 1} of ${trace.filtered.length}; keep ${keep}, last kept ${fmt(last)}`),
+          score: 0,
+        };
+      }
+      const r = scoreRank.get(id);
       return dropped('EarlyRanker', 'below_keep', `score ${fmt(score)} ranks ${r === undefined ? '?' : r + 1} of ${trace.filtered.length}; keep ${keep}, last kept score ${fmt(last)}`);
     }
     // Kept by the ranker, not answered: the Diversifier's caps or its cut.

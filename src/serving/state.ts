@@ -5,7 +5,7 @@
  * synced transaction), then applied in memory, then the call returns, so an OK write is durable
  * and seen by every later Retrieve. Writes are serialised; reads never wait for them.
  */
-import type { Config, PopularityConfig } from '../config/schema';
+import { checkpointSchema, type CheckpointConfig, type Config, type PopularityConfig } from '../config/schema';
 import type { HnswIndex, TargetingIndex } from '../native/index';
 import { HnswIndex as NativeHnswIndex, TargetingIndex as NativeTargetingIndex } from '../native/index';
 import type { PopularityView, ServingView, VectorSource } from '../pipeline/types';
@@ -113,6 +113,10 @@ export class ServingState implements ServingView {
   private readonly writes = new Mutex();
   private timer: NodeJS.Timeout | undefined;
   private annChanges = 0;
+  /** When the oldest change not yet in a checkpoint was made (epoch ms; 0 = none). */
+  private unsavedSince = 0;
+  private checkpointConfig: CheckpointConfig = checkpointSchema.parse({});
+  private checkpointing: Promise<boolean> | null = null;
   private vectorsOf: HnswIndex | undefined;
   private vectorsView: VectorSource | null = null;
   /** Largest vector length seen (load and upserts; never lowered, so it stays an upper bound). */
@@ -140,6 +144,7 @@ export class ServingState implements ServingView {
       const sync = await syncAnnIndex(store, { save: true, mmap: true });
       log.info({ how: sync.how, reason: sync.reason, applied: sync.applied, seconds: sync.seconds, vectors: sync.index.size }, 'ann index ready');
       const state = new ServingState(store, sync.index, new NativeTargetingIndex(), config.popularity, log);
+      state.checkpointConfig = config.checkpoint;
       state.loadAll();
       return state;
     } catch (err) {
@@ -211,6 +216,22 @@ export class ServingState implements ServingView {
     }
     const due = this.flights.popUntil(nowMs);
     if (due.length > 0) this.updateServable(due, nowMs);
+    this.maybeCheckpoint(nowMs);
+  }
+
+  /** Starts a background checkpoint when `checkpoint.changes` changes wait, or any have waited `checkpoint.interval_s`. */
+  private maybeCheckpoint(nowMs: number): void {
+    if (this.annChanges === 0 || this.checkpointing || this.closed) return;
+    const c = this.checkpointConfig;
+    if (this.annChanges < c.changes && nowMs - this.unsavedSince < c.interval_s * 1000) return;
+    this.checkpointing = this.checkpoint()
+      .catch((err: Error) => {
+        this.log.warn({ err: err.message }, 'background ann checkpoint failed; the change log is kept and replayed at the next start');
+        return false;
+      })
+      .finally(() => {
+        this.checkpointing = null;
+      });
   }
 
   private trackFlight(ad: AdRecord, nowMs: number): void {
@@ -299,6 +320,7 @@ export class ServingState implements ServingView {
   configure(config: Config): void {
     this.popularityConfig_ = config.popularity;
     this.popularity.configure(config.popularity);
+    this.checkpointConfig = config.checkpoint;
   }
 
   /** Sizes for metrics. */
@@ -446,18 +468,28 @@ export class ServingState implements ServingView {
   }
 
   private annChanged(n: number): void {
+    if (this.annChanges === 0) this.unsavedSince = Date.now();
     this.annChanges += n;
+    // Writes reach the threshold between ticks too: no need to wait for the next one.
+    if (this.annChanges >= this.checkpointConfig.changes) this.maybeCheckpoint(Date.now());
   }
 
-  /** Saves the ANN index when Admin writes changed it (so the next start has less log to replay). */
+  /**
+   * Saves the ANN index when Admin writes changed it, then drops the change log up to the saved
+   * sequence, so the next start (even after kill -9) replays only what came after. The save runs
+   * on the thread pool: Retrieves go on; Admin writes wait for it (they change the index).
+   */
   async checkpoint(): Promise<boolean> {
     return this.writes.run(async () => {
       if (this.annChanges === 0) return false;
       const seq = this.store.seq;
-      this.ann.save(annPath(this.store), { tag: seq });
+      const changes = this.annChanges;
+      const started = Date.now();
+      await this.ann.saveAsync(annPath(this.store), { tag: seq });
       await this.store.pruneLog(seq);
-      this.log.info({ seq, changes: this.annChanges }, 'ann index checkpointed');
+      this.log.info({ seq, changes, seconds: (Date.now() - started) / 1000 }, 'ann index checkpointed');
       this.annChanges = 0;
+      this.unsavedSince = 0;
       return true;
     });
   }
@@ -468,6 +500,7 @@ export class ServingState implements ServingView {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     try {
+      await this.checkpointing;
       await this.checkpoint();
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'ann checkpoint failed at close; the next start replays the log');

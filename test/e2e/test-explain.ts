@@ -154,6 +154,7 @@ describe('e2e: Explain', function () {
             advertiser_capped_broken: { inherits: 'advertiser_capped', stages: { Diversifier: { fault: { error_rate: 1 } } } },
             category_capped: { inherits: 'default', stages: { Diversifier: { max_per_advertiser: 1000, max_per_category: 2 } } },
             keep3: { inherits: 'uncapped', stages: { EarlyRanker: { keep: 3 } } },
+            keep3_broken: { inherits: 'keep3', stages: { EarlyRanker: { fault: { error_rate: 1 } } } },
             narrow: { inherits: 'uncapped', stages: { Ann: { k: 1 }, Targeting: { k: 1 }, Popularity: { k: 1 } } },
             // A flat schedule: the same at every time of day, so the test does not depend on the clock.
             paced: { inherits: 'uncapped', stages: { Filters: { pacing: { enabled: true, curve: [[0, 0], [1, 0]], tolerance: 0 } } } },
@@ -326,6 +327,19 @@ describe('e2e: Explain', function () {
           assert.deepEqual([a.outcome, a.stage, a.reason], ['dropped', 'EarlyRanker', 'below_keep'], JSON.stringify(a));
           assert.match(a.detail ?? '', /keep 3/);
           assert.ok((a.score ?? 0) <= lowestKept, `${a.ad_id} scored ${a.score}, above the lowest kept ${lowestKept}`);
+        }
+      });
+
+      it('when the EarlyRanker fails and keeps 3 by its fallback order, then the others are below_keep by bid x ctr_prior, with no NaN in the detail', async () => {
+        const res = await explain({ pipeline: 'keep3_broken', num_results: 50 }, pool());
+        assert.ok(res.response.degraded_stages?.includes('EarlyRanker'));
+        assert.equal(res.response.candidates.length, 3);
+        const others = checkReturned(res, pool());
+        assert.equal(others.length, POOL - 3);
+        for (const a of others) {
+          assert.deepEqual([a.outcome, a.stage, a.reason], ['dropped', 'EarlyRanker', 'below_keep'], JSON.stringify(a));
+          assert.match(a.detail ?? '', /the EarlyRanker failed; by bid x ctr_prior \(\S+\) it ranks \d+ of \d+; keep 3/);
+          assert.doesNotMatch(a.detail ?? '', /NaN|\?/);
         }
       });
 

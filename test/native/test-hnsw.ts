@@ -190,6 +190,23 @@ describe('HnswIndex behaviour', () => {
     });
   }
 
+  it('when saved on the thread pool while searches run, then the file loads to the same index and tag; a bad path rejects with ERR_IO', async () => {
+    const ix = build(base, 'l2');
+    const file = path.join(tmp, 'async.fidx');
+    const query = randomVectors(1, dim, 77);
+    const [, during] = await Promise.all([ix.saveAsync(file, { tag: 777 }), ix.searchAsync(query, K)]);
+    assert.deepEqual(Array.from(during.ids), Array.from(ix.search(query, K).ids));
+    const back = HnswIndex.load(file, { mmap: true });
+    assert.equal(back.tag, 777);
+    assert.equal(back.size, ix.size);
+    for (let i = 0; i < 50; i++) {
+      const q = randomVectors(1, dim, 900 + i);
+      assert.deepEqual(Array.from(back.search(q, K).ids), Array.from(ix.search(q, K).ids));
+    }
+    await assert.rejects(ix.saveAsync(path.join(tmp, 'no-such-dir', 'x.fidx')), (e: NodeJS.ErrnoException) => e.code === 'ERR_IO');
+    assert.throws(() => ix.saveAsync(42 as unknown as string), (e: NodeJS.ErrnoException) => e.code === 'ERR_INVALID_ARG');
+  });
+
   it('when the file is truncated, corrupted, foreign, newer or missing, then load fails with a clear coded error', () => {
     const ix = build({ rows: 500, dim, data: data.subarray(0, 500 * dim) }, 'l2');
     const file = path.join(tmp, 'good.fidx');

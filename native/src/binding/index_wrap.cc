@@ -250,6 +250,28 @@ class AddWorker final : public Napi::AsyncWorker {
   WorkerError error_;
 };
 
+// Saves on libuv's pool (a checkpoint of a large index takes seconds): searches may run meanwhile;
+// the caller keeps writes out until it settles.
+class SaveWorker final : public Napi::AsyncWorker {
+ public:
+  SaveWorker(Napi::Env env, std::shared_ptr<Handle> h, std::string path, uint64_t tag)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), h_(std::move(h)), path_(std::move(path)), tag_(tag) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    error_.capture([&] { h_->save(path_, tag_); });
+  }
+  void OnOK() override {
+    if (!error_.reject(Env(), deferred_)) deferred_.Resolve(Env().Undefined());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Handle> h_;
+  std::string path_;
+  uint64_t tag_;
+  WorkerError error_;
+};
+
 uint32_t id_arg(Napi::Env env, const Napi::Value& v) { return uint32_t(int_arg(env, v, "id", 0, kMaxId)); }
 
 Metric metric_arg(Napi::Env env, const Napi::Object& o) {
@@ -301,6 +323,7 @@ class IndexWrap : public Napi::ObjectWrap<IndexWrap<Kind>> {
         W::InstanceMethod("searchBatch", &W::SearchBatch),
         W::InstanceMethod("searchBatchAsync", &W::SearchBatchAsync),
         W::InstanceMethod("save", &W::Save),
+        W::InstanceMethod("saveAsync", &W::SaveAsync),
         W::InstanceMethod("memoryBytes", &W::MemoryBytes),
         W::StaticMethod("load", &W::Load),
     };
@@ -515,17 +538,33 @@ class IndexWrap : public Napi::ObjectWrap<IndexWrap<Kind>> {
     return p;
   }
 
-  Napi::Value Save(const Napi::CallbackInfo& info) {
+  static void save_args(const Napi::CallbackInfo& info, std::string* path, uint64_t* tag) {
     Napi::Env env = info.Env();
     if (!info[0].IsString()) throw_code(env, "ERR_INVALID_ARG", "file must be a string");
-    std::string path = info[0].As<Napi::String>().Utf8Value();
-    uint64_t tag = 0;
+    *path = info[0].As<Napi::String>().Utf8Value();
+    *tag = 0;
     if (info.Length() > 1 && !info[1].IsUndefined()) {
       Napi::Object o = options_arg(env, info[1], "options");
-      tag = opt_int(env, o, "tag", 0, 0, (uint64_t(1) << 53) - 1);
+      *tag = opt_int(env, o, "tag", 0, 0, (uint64_t(1) << 53) - 1);
     }
-    guard(env, [&] { h_->save(path, tag); });
-    return env.Undefined();
+  }
+
+  Napi::Value Save(const Napi::CallbackInfo& info) {
+    std::string path;
+    uint64_t tag;
+    save_args(info, &path, &tag);
+    guard(info.Env(), [&] { h_->save(path, tag); });
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SaveAsync(const Napi::CallbackInfo& info) {
+    std::string path;
+    uint64_t tag;
+    save_args(info, &path, &tag);
+    auto* w = new SaveWorker(info.Env(), h_, std::move(path), tag);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
   }
 
   Napi::Value MemoryBytes(const Napi::CallbackInfo& info) {
