@@ -99,6 +99,8 @@ export interface StateSizes {
   /** Ads in the targeting index. */
   targeting: number;
   popularitySegments: number;
+  /** ANN changes not yet in a checkpoint: what a restart would replay. */
+  annUnsaved: number;
 }
 
 /** The serving state of one data directory. */
@@ -333,6 +335,7 @@ export class ServingState implements ServingView {
       targetingBytes: this.targeting.memoryBytes(),
       targeting: this.targeting.size,
       popularitySegments: this.popularity.segmentCount,
+      annUnsaved: this.annChanges,
     };
   }
 

@@ -27,6 +27,7 @@ export const METRIC_NAMES = [
   'funnel_event_loop_lag_seconds',
   'funnel_index_size',
   'funnel_index_bytes',
+  'funnel_ann_unsaved_changes',
   'funnel_config_info',
   'funnel_config_reloads_total',
   'funnel_data_seq',
@@ -41,7 +42,7 @@ const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 export interface MetricsSource {
   inFlight(): number;
   eventLoopLagMs(): number;
-  sizes(): { ads: number; servable: number; annVectors: number; annBytes: number; targeting: number; targetingBytes: number } | null;
+  sizes(): { ads: number; servable: number; annVectors: number; annBytes: number; targeting: number; targetingBytes: number; annUnsaved?: number } | null;
   configVersion(): string;
   dataSeq(): number | null;
   /** Spans the OTLP exporter sent, failed to send and dropped at its queue limit; null or absent without one. */
@@ -129,6 +130,15 @@ export class Metrics {
         this.set({ index: 'servable' }, s.servable);
         this.set({ index: 'ann_vectors' }, s.annVectors);
         this.set({ index: 'targeting' }, s.targeting);
+      },
+    });
+    new Gauge({
+      name: 'funnel_ann_unsaved_changes',
+      help: 'ANN index changes not yet in a checkpoint: what a restart would replay from the change log',
+      registers: [r],
+      collect() {
+        const s = self.source?.sizes();
+        if (s && s.annUnsaved !== undefined) this.set(s.annUnsaved);
       },
     });
     new Gauge({
