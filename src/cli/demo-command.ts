@@ -18,6 +18,9 @@ export interface DemoCommandOptions {
   port: number;
   host: string;
   metricsPort: number;
+  /** As funnel serve's --request-log / --request-log-sample. */
+  requestLog?: string;
+  requestLogSample?: number;
 }
 
 async function buildDemo(dir: string, ads: number): Promise<number> {
@@ -50,7 +53,15 @@ export async function runDemo(opts: DemoCommandOptions): Promise<number> {
     if (code !== 0) return code;
   }
   return runServe(
-    { data: opts.data, port: opts.port, host: opts.host, metricsPort: opts.metricsPort, drainTimeoutMs: 10_000 },
+    {
+      data: opts.data,
+      port: opts.port,
+      host: opts.host,
+      metricsPort: opts.metricsPort,
+      drainTimeoutMs: 10_000,
+      requestLog: opts.requestLog,
+      requestLogSample: opts.requestLogSample,
+    },
     {
       banner: (r) => {
         const addr = `${r.host}:${r.port}`;

@@ -40,12 +40,14 @@ interface RequestLine {
   where: string;
   request?: DecodedRetrieve;
   error?: string;
+  /** The data sequence a logged request was answered at (request-log lines only). */
+  dataSeq?: number;
 }
 
 /** Reads the request lines of a JSON Lines file (a bare RetrieveRequest per line, or a request-log line with `request`) or of a request-log directory. */
 export async function* readRequests(file: string): AsyncGenerator<RequestLine> {
   if (fs.statSync(file).isDirectory()) {
-    for await (const l of readRequestLog(file)) yield { where: `${l.file}:${l.line}`, request: l.request, error: l.error };
+    for await (const l of readRequestLog(file)) yield { where: `${l.file}:${l.line}`, request: l.request, error: l.error, dataSeq: l.entry?.data_seq };
     return;
   }
   const rl = readline.createInterface({ input: fs.createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity });
@@ -63,7 +65,8 @@ export async function* readRequests(file: string): AsyncGenerator<RequestLine> {
     }
     const logged = obj !== null && typeof obj === 'object' && !Array.isArray(obj) && 'request' in obj;
     try {
-      yield { where, request: retrieveFromJson(logged ? (obj as { request: unknown }).request : obj) };
+      const seq = logged ? (obj as { data_seq?: unknown }).data_seq : undefined;
+      yield { where, request: retrieveFromJson(logged ? (obj as { request: unknown }).request : obj), dataSeq: typeof seq === 'number' ? seq : undefined };
     } catch (err) {
       yield { where, error: (logged ? 'request.' : '') + (err as Error).message };
     }
@@ -200,14 +203,20 @@ export async function runEval(opts: EvalCommandOptions): Promise<number> {
     // Requests are read once into memory: every config and pipeline runs over the same ones.
     const requests: DecodedRetrieve[] = [];
     let bad = 0;
+    let otherSeq = 0;
     for await (const line of readRequests(opts.requests)) {
-      if (line.request) requests.push(line.request);
-      else {
+      if (line.request) {
+        requests.push(line.request);
+        if (line.dataSeq !== undefined && line.dataSeq !== state.seq) otherSeq++;
+      } else {
         bad++;
         if (bad <= 100) err(`${line.where}: ${line.error}`);
       }
     }
     if (bad > 100) err(`... and ${bad - 100} more bad lines`);
+    // Not an error: replaying yesterday's traffic on today's data is a normal use. But recall
+    // and loss then describe this data, not what the logged answers saw.
+    if (otherSeq > 0) err(`note: ${otherSeq} of ${requests.length} logged requests were answered at another data sequence than this directory's (${state.seq})`);
     const pipelines = opts.pipeline && opts.pipeline.length > 0 ? opts.pipeline : [undefined];
     const bar = progress('eval', 'requests');
     const run = await evaluateAll(state, configs, requests, {

@@ -134,6 +134,8 @@ export function buildProgram(): Command {
     .option('--port <n>', 'gRPC port', port, 50051)
     .option('--host <host>', 'address to bind', '127.0.0.1')
     .option('--metrics-port <n>', 'port of the Prometheus /metrics endpoint (0 = off)', port, 9464)
+    .option('--request-log <dir>', 'write a sampled log of Retrieve requests here (as funnel serve)')
+    .option('--request-log-sample <r>', 'share of Retrieves logged, 0..1 (default 0.01; needs --request-log)', fraction('--request-log-sample'))
     .action(async (opts) => {
       process.exitCode = await runDemo(opts);
     });

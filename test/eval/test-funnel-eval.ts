@@ -188,10 +188,11 @@ describe('funnel eval', () => {
     it('when --requests is a request-log directory, then its logged requests are replayed', async () => {
       const dir = path.join(tmp, 'log');
       const log = new RequestLog({ dir, sample: 1 });
-      for (let i = 0; i < 3; i++) log.record({ timeMs: Date.now(), pipeline: 'default', dataSeq: 1, request: request(i), adIds: [] });
+      for (let i = 0; i < 3; i++) log.record({ timeMs: Date.now(), pipeline: 'default', dataSeq: i === 0 ? state.seq : 999_999, request: request(i), adIds: [] });
       await log.close();
       const r = funnel('eval', '--data', data, '--requests', dir, '--json');
       assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, new RegExp(`note: 2 of 3 logged requests were answered at another data sequence than this directory's \\(${state.seq}\\)`));
       const line = JSON.parse(r.stdout.trim()) as { requests: number; n: number };
       assert.equal(line.requests, 3);
       assert.equal(line.n, 20);
