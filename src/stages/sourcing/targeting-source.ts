@@ -232,16 +232,24 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     const { vectors, popularity } = ctx.state;
     const query = prepareQuery(ctx.query.embedding, vectors);
     let simRange: [number, number] | null = null;
+    // Ann's claim: no eligible ad outside its list is more similar than its last one.
+    let annClaim = Infinity;
+    let simFromNorms: [number, number] | null = null;
     if (query !== null) {
       simRange = similarityRange(query, vectors?.normBound);
+      simFromNorms = [simRange[0], simRange[1]];
       if (ann !== null && ann.length > 0) {
         const wanted = Math.min(ctx.pipeline.stages.Ann.k, eligible.count);
         const last = ann[ann.length - 1].annScore;
         // A short list holds every eligible ad with a vector; the rest have none (similarity 0).
-        if (!Number.isNaN(last)) simRange[1] = Math.min(simRange[1], ann.length < wanted ? Math.max(last, 0) : last);
+        if (!Number.isNaN(last)) {
+          annClaim = ann.length < wanted ? Math.max(last, 0) : last;
+          simRange[1] = Math.min(simRange[1], annClaim);
+        }
       }
     }
-    const t = dynamicBound(w, simRange, popularity.rateBound?.());
+    let t = dynamicBound(w, simRange, popularity.rateBound?.());
+    let annRefuted = false;
     const dim = vectors?.dim ?? 0;
     const gather = query !== null && vectors !== null && vectors.gather ? vectors.gather.bind(vectors) : null;
     const batchIds = new Uint32Array(2 * ROUND);
@@ -317,6 +325,12 @@ export class TargetingSource implements Stage<void, Candidate[]> {
           }
         }
         top.push(score(id, sim), id, sim);
+        // A walked ad more similar than Ann's last disproves Ann's answer (an approximate search
+        // that missed): from here on, the bound takes the vectors' lengths instead.
+        if (sim > annClaim && !annRefuted && simFromNorms !== null) {
+          annRefuted = true;
+          t = dynamicBound(w, simFromNorms, popularity.rateBound?.());
+        }
       }
       scored += n;
       // Either order read to its end: every eligible ad has been scored.
@@ -339,6 +353,7 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     ctx.note('steps', steps);
     ctx.note('scored', scored);
     ctx.note('stop', stop);
+    if (annRefuted) ctx.note('ann_bound', 'refuted');
     if (pb < bidOrder.length) ctx.note('next_bid', ads.bidMicros(bidOrder[pb]));
     if (pk < keyOrder.length) ctx.note('next_key', Number(keys[keyOrder[pk]].toFixed(4)));
     const best = top.sorted();

@@ -157,6 +157,28 @@ describe('TargetingSource, order: ranker (threshold walk)', () => {
     assert.ok((ctx.notes.get('scored') as number) < 200, `scored ${ctx.notes.get('scored')}`);
   });
 
+  it('when a walked ad is more similar than Ann\'s last pick (an approximate search that missed), then the walk drops Ann\'s bound and still finds the top ad', async () => {
+    // score = bid x sigmoid(-5 + sim): ad 100 (bid 500, sim 6) is the best by far, but last in bid order.
+    const rows: [number, number[]][] = Array.from({ length: 101 }, (_, id) => [id, id === 100 ? [6, 0] : id === 1 ? [2, 0] : id === 0 ? [1, 0] : [0, 1]]);
+    const ads = adTable(rows.map(([id]) => ({ id, bid_micros: id === 100 ? 500 : 1000 - id, ctr_prior: 0.01, quality: 0.5 })));
+    const vectors = new BoundedVectors(2, 'ip', rows);
+    const pipeline = defaultPipeline();
+    Object.assign(pipeline.stages.EarlyRanker.weights, { bias: -5, ann_similarity: 1, ctr_prior_logit: 0, quality: 0, popularity_rate: 0 });
+    pipeline.stages.Targeting.k = 1;
+    pipeline.stages.Ann.k = 1;
+    const order = new PriorOrder();
+    order.rebuild(ads);
+    // Ann (wrongly) claims ad 0, similarity 1, is the most similar eligible ad.
+    const wrongAnn = [{ id: 0, sources: SOURCE_BIT.Ann, annScore: 1, sourceRank: 0, score: NaN }];
+    const base = makeContext({ ads, vectors, popularity: new BoundedPopularity(), pipeline, query: { embedding: Float32Array.from([1, 0]) }, eligible: eligibleOf(ads.ids(), ads.capacity) });
+    const out = await new TargetingSource(ads, order).run({ ...base, sourced: { Ann: Promise.resolve(wrongAnn) } });
+    assert.deepEqual(
+      out.map((c) => c.id),
+      [100],
+    );
+    assert.equal(base.notes.get('ann_bound'), 'refuted');
+  });
+
   it('when max_steps runs out first, then it answers what it read and notes stop=cap', () => {
     const ads = adTable(Array.from({ length: 1000 }, (_, id) => ({ id, bid_micros: 1_000_000, ctr_prior: 0.01 + (id % 7) / 1000 })));
     const order = new PriorOrder();
