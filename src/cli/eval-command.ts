@@ -18,7 +18,7 @@ import { retrieveFromJson } from '../grpc/request-json';
 import { evaluateAll, type ConfigDiff, type EvalSummary, type LossTable } from '../eval/funnel-eval';
 import { ServingState } from '../serving/state';
 import { DataDirError } from '../store/catalog-store';
-import { readRequestLog } from '../telemetry/request-log';
+import { readLoggedRequest, readRequestLog } from '../telemetry/request-log';
 import { progress } from './progress';
 import { fixed, formatTable } from './table';
 
@@ -63,12 +63,16 @@ export async function* readRequests(file: string): AsyncGenerator<RequestLine> {
       yield { where, error: `bad JSON: ${(err as Error).message}` };
       continue;
     }
-    const logged = obj !== null && typeof obj === 'object' && !Array.isArray(obj) && 'request' in obj;
+    if (obj !== null && typeof obj === 'object' && !Array.isArray(obj) && 'request' in obj) {
+      // A request-log line, read as the log reader reads it.
+      const l = readLoggedRequest(obj);
+      yield { where, request: l.request, error: l.error, dataSeq: l.entry?.data_seq };
+      continue;
+    }
     try {
-      const seq = logged ? (obj as { data_seq?: unknown }).data_seq : undefined;
-      yield { where, request: retrieveFromJson(logged ? (obj as { request: unknown }).request : obj), dataSeq: typeof seq === 'number' ? seq : undefined };
+      yield { where, request: retrieveFromJson(obj) };
     } catch (err) {
-      yield { where, error: (logged ? 'request.' : '') + (err as Error).message };
+      yield { where, error: (err as Error).message };
     }
   }
 }

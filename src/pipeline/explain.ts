@@ -11,7 +11,7 @@ import { predicateHolds } from '../store/targeting-eval';
 import { applyCaps } from '../stages/diversification/diversifier';
 import { dayFractionAt, scheduleAt } from '../stages/filtering/filters';
 import { ecpm, features, pctr, prepareQuery, similarity } from '../stages/ranking/early-ranker';
-import type { FunnelResult } from './funnel';
+import { fallbackScore, type FunnelResult } from './funnel';
 import type { Candidate, RetrieveQuery } from './types';
 
 /** Where one ad left the funnel (the fields of the proto's AdExplanation). */
@@ -183,8 +183,7 @@ export function explainIds(
       const rankerReport = result.reports.find((x) => x.name === 'EarlyRanker');
       if (rankerReport && rankerReport.status !== 'ok') {
         // The funnel kept the best `keep` by bid x ctr_prior instead (its fallback order).
-        const ads = state.ads;
-        const fallback = (x: number) => (ads.bidMicros(x) / 1e6) * ads.ctrPrior(x) * 1000;
+        const fallback = (x: number) => fallbackScore(state.ads, x);
         const mine = fallback(id);
         const above = trace.filtered.filter((c) => fallback(c.id) > mine || (fallback(c.id) === mine && c.id < id)).length;
         return {

@@ -217,10 +217,15 @@ export class Funnel {
   }
 }
 
-/** eCPM with ctr_prior as pCTR: the order used when the EarlyRanker failed. */
+/** eCPM of `id` with ctr_prior as pCTR: the score the funnel ranks by when the EarlyRanker failed. */
+export function fallbackScore(ads: ServingState['ads'], id: number): number {
+  return (ads.bidMicros(id) / 1e6) * ads.ctrPrior(id) * 1000;
+}
+
+/** The best `keep` by fallbackScore (the order used when the EarlyRanker failed). */
 function fallbackRank(state: ServingState, candidates: Candidate[], keep: number): Candidate[] {
   const ads = state.ads;
-  const out = candidates.map((c) => ({ ...c, score: (ads.bidMicros(c.id) / 1e6) * ads.ctrPrior(c.id) * 1000 }));
+  const out = candidates.map((c) => ({ ...c, score: fallbackScore(ads, c.id) }));
   out.sort((a, b) => b.score - a.score || a.id - b.id);
   return out.slice(0, keep);
 }

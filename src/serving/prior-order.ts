@@ -6,6 +6,7 @@
  * over every eligible ad. Orders are kept up to date on writes: a few changed ads are moved by
  * binary search; a large batch re-sorts.
  */
+import { clampedLogit } from '../stages/ranking/early-ranker';
 import type { AdTable } from './ad-table';
 
 /** Exponents of the prior. */
@@ -32,17 +33,11 @@ export function priorOf(ads: AdTable, id: number, e: PriorExponents): number {
 /** Stands for log(0) in keys: finite, so key differences never make NaN. */
 export const LOG_ZERO = -1e300;
 
-/** log(p / (1 - p)) of ctr_prior clamped to [1e-4, 1 - 1e-4], as the EarlyRanker's feature. */
-function ctrLogit(p: number): number {
-  const q = p >= 1e-4 ? (p <= 1 - 1e-4 ? p : 1 - 1e-4) : 1e-4;
-  return Math.log(q / (1 - q));
-}
-
 /** The ranker's static key of `id`: log(bid_micros) + w.ctr_prior_logit * logit(ctr_prior) + w.quality * quality (LOG_ZERO for a zero bid). */
 export function rankerKeyOf(ads: AdTable, id: number, w: StaticWeights): number {
   const bid = ads.bidMicros(id);
   if (!(bid > 0)) return LOG_ZERO;
-  return Math.log(bid) + w.ctr_prior_logit * ctrLogit(ads.ctrPrior(id)) + w.quality * ads.quality(id);
+  return Math.log(bid) + w.ctr_prior_logit * clampedLogit(ads.ctrPrior(id)) + w.quality * ads.quality(id);
 }
 
 /** The key of `id` under `k`. */

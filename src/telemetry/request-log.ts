@@ -290,6 +290,11 @@ function parseLine(text: string): Pick<RequestLogLine, 'request' | 'error' | 'en
   } catch (err) {
     return { error: `bad JSON: ${(err as Error).message}` };
   }
+  return readLoggedRequest(obj);
+}
+
+/** One parsed request-log line (a JSON value) checked: the request and its context, or why it cannot be read. */
+export function readLoggedRequest(obj: unknown): Pick<RequestLogLine, 'request' | 'error' | 'entry'> {
   if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) return { error: 'a line must be a JSON object' };
   const o = obj as Record<string, unknown>;
   if (o.request === undefined || o.request === null) return { error: 'request: missing' };
