@@ -23,6 +23,8 @@ export interface AnnSyncResult {
   /** Changes applied (catch-up) or vectors indexed (rebuild). */
   applied: number;
   seconds: number;
+  /** The store's sequence number the index reflects (writes after it are not in it). */
+  seq: number;
 }
 
 const CHUNK = 50_000;
@@ -127,6 +129,16 @@ export async function syncAnnIndex(
   }
   let how: AnnSyncResult['how'] = 'loaded';
   let applied = 0;
+  if (index && index.tag < seq && !options.save && store.changesSince(index.tag) === null && fs.existsSync(file)) {
+    // Another process (the checkpointing worker) may have saved a newer file and pruned the log
+    // since this one was opened: the newer file is worth more than a rebuild.
+    try {
+      const again = HnswIndex.load(file, { mmap: options.mmap ?? false });
+      if (again.tag <= seq && again.tag > index.tag && again.dim === index.dim && again.metric === index.metric && again.M === index.M) index = again;
+    } catch {
+      /* keep the first one: the log check below decides */
+    }
+  }
   if (index && index.tag < seq) {
     const n = await catchUp(store, index, index.tag, options.progress);
     if (n === null) {
@@ -146,5 +158,5 @@ export async function syncAnnIndex(
     index.save(file, { tag: seq });
     await store.pruneLog(seq);
   }
-  return { index, how, reason, applied, seconds: seconds() };
+  return { index, how, reason, applied, seconds: seconds(), seq };
 }

@@ -75,6 +75,18 @@ export interface Change {
   id: number;
 }
 
+/**
+ * One journal entry: the ads a write touched, so that other processes serving the same data
+ * directory (`funnel serve --workers N`) re-read exactly those from the store. `vectors`: their
+ * embeddings may have changed too (upserts, deletes, ingests); `all`: too many to list (an
+ * ingest), every ad is re-read.
+ */
+export interface JournalEntry {
+  ads: string[];
+  vectors: boolean;
+  all?: boolean;
+}
+
 /** What one write transaction did. */
 export interface WriteResult {
   seq: number;
@@ -116,6 +128,12 @@ interface Meta {
   next_id: number;
   free_ids: number[];
   ann: AnnSettings;
+  /**
+   * The change log holds every ANN change after this sequence number (writes that change no
+   * vector leave no entry). Absent in directories written before it existed: their log is
+   * contiguous, so its first key minus one plays the part.
+   */
+  log_floor?: number;
 }
 
 const DEFAULT_ANN: AnnSettings = { metric: 'ip', M: 16, efConstruction: 200 };
@@ -180,6 +198,7 @@ export class CatalogStore {
     private readonly spendDb: Database<SpendRecord, string>,
     private readonly engagementDb: Database<EngagementRecord, string>,
     private readonly popularityDb: Database<PopularityRecord, string>,
+    private readonly journalDb: Database<JournalEntry, number>,
   ) {}
 
   /**
@@ -235,6 +254,7 @@ export class CatalogStore {
       env.openDB<SpendRecord, string>({ name: 'spend' }),
       env.openDB<EngagementRecord, string>({ name: 'engagement' }),
       env.openDB<PopularityRecord, string>({ name: 'popularity' }),
+      env.openDB<JournalEntry, number>({ name: 'journal', keyEncoding: 'uint32' }),
     );
     if (fresh) {
       env.transactionSync(() => {
@@ -242,6 +262,7 @@ export class CatalogStore {
           format: 'funnel-data',
           version: DATA_FORMAT_VERSION,
           seq: 0,
+          log_floor: 0,
           dim: null,
           next_id: 0,
           free_ids: [],
@@ -316,16 +337,18 @@ export class CatalogStore {
 
   /** Changes after `seq` in order, or null when the log no longer covers them (pruned). */
   changesSince(seq: number): Change[] | null {
-    const current = this.seq;
-    if (seq >= current) return [];
+    const m = this.m();
+    if (seq >= m.seq) return [];
+    if (seq < this.logFloor(m)) return null;
     const out: Change[] = [];
-    let expect = seq + 1;
-    for (const { key, value } of this.logDb.getRange({ start: seq + 1 })) {
-      if (key !== expect) return null;
-      out.push(...value);
-      expect++;
-    }
-    return expect === current + 1 ? out : null;
+    for (const { value } of this.logDb.getRange({ start: seq + 1 })) out.push(...value);
+    return out;
+  }
+
+  private logFloor(m: Meta): number {
+    if (m.log_floor !== undefined) return m.log_floor;
+    for (const key of this.logDb.getKeys({ limit: 1 })) return (key as number) - 1;
+    return m.seq;
   }
 
   /** Drops log entries up to and including `seq` (once an ANN file reflecting them is saved). */
@@ -333,8 +356,73 @@ export class CatalogStore {
     const keys: number[] = [];
     for (const key of this.logDb.getKeys({ end: seq + 1 })) keys.push(key as number);
     await this.env.transaction(() => {
+      const m = this.m();
+      m.log_floor = Math.max(this.logFloor(m), Math.min(seq, m.seq));
       for (const k of keys) this.logDb.removeSync(k);
+      this.meta.putSync('meta', m);
     });
+  }
+
+  /**
+   * Journal entries after `seq` up to the current sequence number, in order; null when some are
+   * missing (pruned, or written by a build without the journal): the caller re-reads everything.
+   */
+  journalSince(seq: number): { seq: number; entry: JournalEntry }[] | null {
+    const current = this.seq;
+    const out: { seq: number; entry: JournalEntry }[] = [];
+    let expect = seq + 1;
+    for (const { key, value } of this.journalDb.getRange({ start: seq + 1, end: current + 1 })) {
+      if (key !== expect) return null;
+      out.push({ seq: key, entry: value });
+      expect++;
+    }
+    return expect === current + 1 ? out : null;
+  }
+
+  /** Drops journal entries up to and including `seq` (once every serving process applied them). */
+  async pruneJournal(seq: number): Promise<number> {
+    const keys: number[] = [];
+    for (const key of this.journalDb.getKeys({ end: seq + 1 })) keys.push(key as number);
+    if (keys.length === 0) return 0;
+    await this.env.transaction(() => {
+      for (const k of keys) this.journalDb.removeSync(k);
+    });
+    return keys.length;
+  }
+
+  /**
+   * Drops this process's read snapshot, so the next read sees every commit so far, another
+   * process's included (lmdb-js otherwise keeps a snapshot until its next macrotask).
+   */
+  freshen(): void {
+    this.env.resetReadTxn();
+  }
+
+  /** Today's spend of an ad as stored (day and micros), if any. */
+  spendOf(adId: string): SpendRecord | undefined {
+    return this.spendDb.get(adId);
+  }
+
+  /** The stored popularity records of one ad, by segment. */
+  popularityOf(adId: string): { segment: string; record: PopularityRecord }[] {
+    const out: { segment: string; record: PopularityRecord }[] = [];
+    for (const { key, value } of this.popularityDb.getRange({ start: adId + POP_SEP, end: adId + '\u0002' })) {
+      out.push({ segment: (key as string).slice(adId.length + 1), record: value });
+    }
+    return out;
+  }
+
+  /** Bumps the sequence number and writes the log (only when vectors changed) and the journal; inside a write transaction. */
+  private logWrite(m: Meta, changes: Change[], entry: JournalEntry): void {
+    // First write of this build on an older directory: pin the floor before the log gains gaps.
+    if (m.log_floor === undefined) {
+      let first: number | undefined;
+      for (const key of this.logDb.getKeys({ limit: 1 })) first = key as number;
+      m.log_floor = first !== undefined ? first - 1 : m.seq - 1;
+    }
+    if (changes.length > 0) this.logDb.putSync(m.seq, changes);
+    this.journalDb.putSync(m.seq, entry);
+    this.meta.putSync('meta', m);
   }
 
   /** Resolves once every committed write is on disk. */
@@ -389,8 +477,7 @@ export class CatalogStore {
       const result: WriteResult = { seq: m.seq, inserted: 0, updated: 0, removed: 0 };
       const changes: Change[] = [];
       for (const row of rows) this.putRow(m, row, changes, result);
-      this.logDb.putSync(m.seq, changes);
-      this.meta.putSync('meta', m);
+      this.logWrite(m, changes, { ads: rows.map((r) => r.ad_id), vectors: true });
       return result;
     });
   }
@@ -402,34 +489,43 @@ export class CatalogStore {
       m.seq++;
       const result: WriteResult = { seq: m.seq, inserted: 0, updated: 0, removed: 0 };
       const changes: Change[] = [];
+      const removed: string[] = [];
       for (const adId of adIds) {
         const rec = this.adsDb.get(adId);
-        if (rec) this.removeAd(m, rec, changes, result);
+        if (rec) {
+          this.removeAd(m, rec, changes, result);
+          removed.push(adId);
+        }
       }
-      this.logDb.putSync(m.seq, changes);
-      this.meta.putSync('meta', m);
+      this.logWrite(m, changes, { ads: removed, vectors: true });
       return result;
     });
   }
 
   /**
    * Records today's cumulative spend per ad in one transaction (a later report for the same
-   * day replaces the earlier one; a new day starts over). Unknown ad_ids are skipped and counted.
+   * day replaces the earlier one; a new day starts over), bumping the sequence number. Unknown
+   * ad_ids are skipped and counted.
    */
-  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>, nowMs = Date.now()): { applied: number; unknown: number } {
+  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>, nowMs = Date.now()): { seq: number; applied: number; unknown: number } {
     const day = utcDay(nowMs);
     return this.env.transactionSync(() => {
+      const m = this.m();
+      m.seq++;
       let applied = 0;
       let unknown = 0;
+      const touched: string[] = [];
       for (const e of entries) {
         if (!this.adsDb.doesExist(e.ad_id)) {
           unknown++;
           continue;
         }
         this.spendDb.putSync(e.ad_id, { day, micros: e.spend_micros });
+        touched.push(e.ad_id);
         applied++;
       }
-      return { applied, unknown };
+      this.logWrite(m, [], { ads: touched, vectors: false });
+      return { seq: m.seq, applied, unknown };
     });
   }
 
@@ -464,8 +560,7 @@ export class CatalogStore {
         this.adsDb.putSync(adId, next);
         updated.push(next);
       }
-      this.logDb.putSync(m.seq, []);
-      this.meta.putSync('meta', m);
+      this.logWrite(m, [], { ads: updated.map((r) => r.ad_id), vectors: false });
       return { seq: m.seq, updated, unknown };
     });
   }
@@ -480,19 +575,27 @@ export class CatalogStore {
   }
 
   /**
-   * Adds engagement events to the per-ad counters and writes the given popularity records, in
-   * one transaction; unknown ad_ids are skipped and counted.
+   * Adds engagement events to the per-ad counters and writes popularity records, in one
+   * transaction bumping the sequence number; unknown ad_ids are skipped and counted.
+   * `popularity` is either the records to write or a planner that computes them from the
+   * stored ones (read inside this transaction, so processes sharing the store lose no events).
    */
   recordEvents(
     events: ReadonlyArray<EngagementEvent>,
-    popularity: ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }> = [],
-  ): { applied: number; unknown: number } {
+    popularity:
+      | ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }>
+      | ((stored: (adId: string, segment: string) => PopularityRecord | undefined) => ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }>) = [],
+  ): { seq: number; applied: number; unknown: number; popularity: ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }> } {
     return this.env.transactionSync(() => {
-      for (const p of popularity) {
+      const m = this.m();
+      m.seq++;
+      const records = typeof popularity === 'function' ? popularity((adId, segment) => this.popularityDb.get(adId + POP_SEP + segment)) : popularity;
+      for (const p of records) {
         if (this.adsDb.doesExist(p.adId)) this.popularityDb.putSync(p.adId + POP_SEP + p.segment, p.record);
       }
       let applied = 0;
       let unknown = 0;
+      const touched = new Set<string>();
       for (const e of events) {
         if (!this.adsDb.doesExist(e.ad_id)) {
           unknown++;
@@ -503,9 +606,11 @@ export class CatalogStore {
         else c.impressions++;
         c.last_ms = Math.max(c.last_ms, e.timestamp_ms);
         this.engagementDb.putSync(e.ad_id, c);
+        touched.add(e.ad_id);
         applied++;
       }
-      return { applied, unknown };
+      this.logWrite(m, [], { ads: [...touched], vectors: false });
+      return { seq: m.seq, applied, unknown, popularity: records };
     });
   }
 
@@ -555,8 +660,7 @@ export class CatalogStore {
       if (options.ann && (options.replace || wasEmpty)) {
         m.ann = { ...m.ann, ...options.ann };
       }
-      this.logDb.putSync(m.seq, changes);
-      this.meta.putSync('meta', m);
+      this.logWrite(m, changes, { ads: [], vectors: true, all: true });
       this.stagingDb.clearSync();
       return result;
     });

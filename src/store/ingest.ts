@@ -131,7 +131,7 @@ export async function ingestCatalog(file: string, dir: string, options: IngestOp
       threads: options.threads,
       progress: (_phase, done, total) => options.progress?.phase?.('index', done, total),
     });
-    const annInfo = { how: ann.how, reason: ann.reason, applied: ann.applied, seconds: ann.seconds, size: ann.index.size, bytes: ann.index.memoryBytes() };
+    const annInfo = { how: ann.how, reason: ann.reason, applied: ann.applied, seconds: ann.seconds, seq: ann.seq, size: ann.index.size, bytes: ann.index.memoryBytes() };
     return {
       rows,
       write,

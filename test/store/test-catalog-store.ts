@@ -54,7 +54,8 @@ describe('CatalogStore', () => {
     store.upsert([valid(1), valid(2)]);
     const day1 = Date.parse('2026-11-23T10:00:00Z');
     const day2 = Date.parse('2026-11-24T00:30:00Z');
-    assert.deepEqual(store.reportSpend([{ ad_id: 'ad-1', spend_micros: 500 }, { ad_id: 'nope', spend_micros: 1 }], day1), { applied: 1, unknown: 1 });
+    const seq = store.seq;
+    assert.deepEqual(store.reportSpend([{ ad_id: 'ad-1', spend_micros: 500 }, { ad_id: 'nope', spend_micros: 1 }], day1), { seq: seq + 1, applied: 1, unknown: 1 });
     store.reportSpend([{ ad_id: 'ad-1', spend_micros: 700 }], day1);
     assert.equal(store.spendToday('ad-1', day1), 700, 'cumulative: a later report replaces');
     assert.equal(store.spendToday('ad-1', day2), 0, 'a new UTC day starts at zero');
@@ -69,6 +70,53 @@ describe('CatalogStore', () => {
     store.upsert([valid(1), valid(2)]);
     assert.equal(store.spendToday('ad-1', day1), 0, 'a deleted ad leaves no spend behind');
     assert.deepEqual(store.engagement('ad-2'), { impressions: 0, clicks: 0, last_ms: 0 });
+    await store.close();
+  });
+
+  it('when any write commits, then the journal names the ads it touched, in sequence order, and writes that change no vector leave no log entry', async () => {
+    const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
+    store.upsert([valid(1), valid(2)]);
+    const base = store.seq;
+    store.setStatus(['ad-1', 'nope'], 'paused');
+    store.reportSpend([{ ad_id: 'ad-2', spend_micros: 5 }]);
+    store.recordEvents([{ ad_id: 'ad-1', type: 'CLICK', timestamp_ms: 1 }]);
+    store.remove(['ad-2']);
+    store.upsert([valid(3)]);
+    assert.equal(store.seq, base + 5, 'every Admin write, spend and events included, bumps the sequence number');
+    assert.deepEqual(
+      store.journalSince(base)!.map((j) => [j.seq, j.entry.ads, j.entry.vectors]),
+      [
+        [base + 1, ['ad-1'], false],
+        [base + 2, ['ad-2'], false],
+        [base + 3, ['ad-1'], false],
+        [base + 4, ['ad-2'], true],
+        [base + 5, ['ad-3'], true],
+      ],
+    );
+    // Status, spend and events changed no vector: the ANN log holds the remove and the upsert only.
+    assert.deepEqual(store.changesSince(base)!.map((c) => c.op), ['remove', 'upsert']);
+    await store.pruneJournal(base + 2);
+    assert.equal(store.journalSince(base), null, 'a pruned journal says it cannot cover the gap');
+    assert.deepEqual(store.journalSince(base + 2)!.map((j) => j.seq), [base + 3, base + 4, base + 5]);
+    await store.pruneLog(base + 4);
+    assert.equal(store.changesSince(base + 3), null, 'below the floor the log cannot replay');
+    assert.deepEqual(store.changesSince(base + 4)!.map((c) => c.op), ['upsert']);
+    assert.deepEqual(store.changesSince(store.seq), []);
+    await store.close();
+  });
+
+  it('when events are recorded with a planner, then it plans from the stored records inside the transaction', async () => {
+    const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
+    store.upsert([valid(1)]);
+    store.recordEvents([], [{ adId: 'ad-1', segment: '', record: { li: 3, lc: 1, hl: 60 } }]);
+    let seen: unknown;
+    const r = store.recordEvents([{ ad_id: 'ad-1', type: 'CLICK', timestamp_ms: 1 }], (stored) => {
+      seen = stored('ad-1', '');
+      return [{ adId: 'ad-1', segment: '', record: { li: 3, lc: 2, hl: 60 } }];
+    });
+    assert.deepEqual(seen, { li: 3, lc: 1, hl: 60 });
+    assert.equal(r.applied, 1);
+    assert.deepEqual(store.popularityOf('ad-1'), [{ segment: '', record: { li: 3, lc: 2, hl: 60 } }]);
     await store.close();
   });
 
