@@ -13,7 +13,7 @@ import { syncAnnIndex, annPath } from '../store/ann-sync';
 import type { CatalogRow } from '../store/catalog-schema';
 import { CatalogStore, utcDay, type AdRecord, type EngagementEvent } from '../store/catalog-store';
 import { AdTable, epochDay } from './ad-table';
-import { PopularityState, type ResolvedEvent } from './popularity';
+import { PopularityState, type PopularityRecord, type PopularityUpdate, type ResolvedEvent } from './popularity';
 import { PriorOrder } from './prior-order';
 
 /** Log sink of the state (pino-compatible subset). */
@@ -103,6 +103,17 @@ export interface StateSizes {
   annUnsaved: number;
 }
 
+/** How a serving process shares its data directory with others (`funnel serve --workers N`). */
+export interface StateOptions {
+  /** This process writes ANN checkpoints and prunes the logs (one process per directory; default true). */
+  checkpoints?: boolean;
+  /** Journal entries up to this sequence number are applied by every process (default: this one's applied sequence). */
+  journalFloor?: () => number;
+}
+
+/** Journal entries kept behind the floor, so a process that is still loading finds its way back. */
+const JOURNAL_KEEP = 10_000;
+
 /** The serving state of one data directory. */
 export class ServingState implements ServingView {
   readonly ads = new AdTable();
@@ -124,6 +135,18 @@ export class ServingState implements ServingView {
   /** Largest vector length seen (load and upserts; never lowered, so it stays an upper bound). */
   private normMax = 0;
   private closed = false;
+  /** Every write up to this sequence number is applied in memory (own writes and other processes'). */
+  private applied = 0;
+  /** Own writes already applied, above `applied` (skipped when the journal reaches them). */
+  private readonly ownApplied = new Set<number>();
+  private checkpoints = true;
+  private journalFloor: () => number = () => this.applied;
+  private journalPruned = 0;
+  /**
+   * Called after each Admin write is applied here, outside the write lock; the write's promise
+   * resolves only once this does (a multi-process server waits for its other processes here).
+   */
+  onWrite: ((seq: number) => Promise<void>) | undefined;
 
   private constructor(
     readonly store: CatalogStore,
@@ -140,14 +163,21 @@ export class ServingState implements ServingView {
    * Opens the data directory and loads everything into memory: the ANN index is memory-mapped
    * from its file and caught up from the change log (rebuilt when it cannot be).
    */
-  static async open(dataDir: string, config: Config, log: StateLogger): Promise<ServingState> {
+  static async open(dataDir: string, config: Config, log: StateLogger, options: StateOptions = {}): Promise<ServingState> {
     const store = CatalogStore.open(dataDir);
+    const checkpoints = options.checkpoints ?? true;
     try {
-      const sync = await syncAnnIndex(store, { save: true, mmap: true });
+      const sync = await syncAnnIndex(store, { save: checkpoints, mmap: true });
       log.info({ how: sync.how, reason: sync.reason, applied: sync.applied, seconds: sync.seconds, vectors: sync.index.size }, 'ann index ready');
       const state = new ServingState(store, sync.index, new NativeTargetingIndex(), config.popularity, log);
       state.checkpointConfig = config.checkpoint;
+      state.checkpoints = checkpoints;
+      if (options.journalFloor) state.journalFloor = options.journalFloor;
+      // The index reflects sync.seq; the tables are read later and may be newer: the journal
+      // from sync.seq on brings both to one sequence number (re-reading is idempotent).
+      state.applied = sync.seq;
       state.loadAll();
+      if (store.seq > state.applied) await state.catchUp();
       return state;
     } catch (err) {
       await store.close();
@@ -174,6 +204,8 @@ export class ServingState implements ServingView {
       this.popularity.load(id, p.segment, p.record);
       records++;
     }
+    // One sort per segment after the bulk load; later writes keep the orders current themselves.
+    this.popularity.settle();
     this.priorOrder.rebuild(this.ads);
     this.noteNorms([...this.ads.ids()]);
     this.recomputeServable(started);
@@ -219,11 +251,27 @@ export class ServingState implements ServingView {
     const due = this.flights.popUntil(nowMs);
     if (due.length > 0) this.updateServable(due, nowMs);
     this.maybeCheckpoint(nowMs);
+    this.maybePruneJournal();
+  }
+
+  /** Drops journal entries every process has applied, keeping the last JOURNAL_KEEP (only the checkpointing process). */
+  private maybePruneJournal(): void {
+    if (!this.checkpoints || this.closed) return;
+    const upTo = Math.min(this.journalFloor(), this.applied) - JOURNAL_KEEP;
+    if (upTo <= this.journalPruned) return;
+    const before = this.journalPruned;
+    this.journalPruned = upTo;
+    this.writes
+      .run(() => (this.closed ? 0 : this.store.pruneJournal(upTo)))
+      .catch((err: Error) => {
+        this.journalPruned = before;
+        this.log.warn({ err: err.message }, 'pruning the journal failed; retried at the next tick');
+      });
   }
 
   /** Starts a background checkpoint when `checkpoint.changes` changes wait, or any have waited `checkpoint.interval_s`. */
   private maybeCheckpoint(nowMs: number): void {
-    if (this.annChanges === 0 || this.checkpointing || this.closed) return;
+    if (this.annChanges === 0 || this.checkpointing || this.closed || !this.checkpoints) return;
     const c = this.checkpointConfig;
     if (this.annChanges < c.changes && nowMs - this.unsavedSince < c.interval_s * 1000) return;
     this.checkpointing = this.checkpoint()
@@ -310,8 +358,9 @@ export class ServingState implements ServingView {
   get popularityConfig(): PopularityConfig {
     return this.popularityConfig_;
   }
+  /** Sequence number of the data served here: every write up to it is applied (no store read: every Retrieve asks). */
   get seq(): number {
-    return this.store.seq;
+    return this.applied;
   }
   /** Embedding dimension of the catalog (null before the first ad). */
   get dim(): number | null {
@@ -339,17 +388,37 @@ export class ServingState implements ServingView {
     };
   }
 
+  /**
+   * Runs one Admin write under the write lock (`fn` commits to the store, applies the change
+   * here and returns its sequence number), brings this process up to that sequence number
+   * (writes of other processes in between), then waits for `onWrite`.
+   */
+  private async write<T extends { seq: number }>(fn: () => Promise<T> | T): Promise<T> {
+    const result = await this.writes.run(async () => {
+      const r = await fn();
+      this.ownApplied.add(r.seq);
+      await this.catchUpLocked();
+      return r;
+    });
+    if (this.onWrite) await this.onWrite(result.seq);
+    return result;
+  }
+
+  private ensureAnn(dim: number): void {
+    if (this.ann_.dim !== dim && this.ann_.size === 0) {
+      const { metric, M, efConstruction } = this.store.ann;
+      this.ann_ = new NativeHnswIndex({ dim, metric, M, efConstruction, capacity: 1024 });
+    }
+  }
+
   /** Inserts or replaces ads (validated rows of the catalog's dimension). */
   upsertAds(rows: ReadonlyArray<CatalogRow>): Promise<{ seq: number; inserted: number; updated: number }> {
-    return this.writes.run(async () => {
+    return this.write(async () => {
       const result = this.store.upsert(rows);
       const now = Date.now();
       const ids = new Uint32Array(rows.length);
       const dim = this.store.dim!;
-      if (this.ann_.dim !== dim && this.ann_.size === 0) {
-        const { metric, M, efConstruction } = this.store.ann;
-        this.ann_ = new NativeHnswIndex({ dim, metric, M, efConstruction, capacity: 1024 });
-      }
+      this.ensureAnn(dim);
       const vectors = new Float32Array(rows.length * dim);
       const touched: number[] = [];
       rows.forEach((row, i) => {
@@ -372,7 +441,7 @@ export class ServingState implements ServingView {
 
   /** Pauses or activates ads; unknown ids are reported, not an error. */
   setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused'): Promise<WriteOutcome> {
-    return this.writes.run(() => {
+    return this.write(() => {
       const r = this.store.setStatus(adIds, status);
       const touched: number[] = [];
       for (const rec of r.updated) {
@@ -386,7 +455,7 @@ export class ServingState implements ServingView {
 
   /** Deletes ads; unknown ids are reported, not an error. */
   deleteAds(adIds: ReadonlyArray<string>): Promise<WriteOutcome> {
-    return this.writes.run(() => {
+    return this.write(() => {
       const known: { adId: string; id: number }[] = [];
       const unknown: string[] = [];
       for (const adId of new Set(adIds)) {
@@ -395,12 +464,8 @@ export class ServingState implements ServingView {
         else known.push({ adId, id });
       }
       const r = this.store.remove(known.map((k) => k.adId));
-      for (const { id } of known) {
-        this.ads.remove(id);
-        if (this.targeting.has(id)) this.targeting.remove(id);
-        if (this.ann.has(id)) this.ann.remove(id);
-        this.popularity.remove(id);
-      }
+      for (const { id } of known) this.removeLocal(id);
+      this.popularity.remove(known.map((k) => k.id));
       this.priorOrder.remove(known.map((k) => k.id));
       this.updateServable(
         known.map((k) => k.id),
@@ -411,9 +476,16 @@ export class ServingState implements ServingView {
     });
   }
 
+  /** Drops `id` from the tables and indexes (popularity: the caller, once per batch). */
+  private removeLocal(id: number): void {
+    this.ads.remove(id);
+    if (this.targeting.has(id)) this.targeting.remove(id);
+    if (this.ann.has(id)) this.ann.remove(id);
+  }
+
   /** Records today's cumulative spend per ad; unknown ids are reported. */
   reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>): Promise<WriteOutcome> {
-    return this.writes.run(() => {
+    return this.write(() => {
       const now = Date.now();
       const unknown = entries.filter((e) => this.ads.idOf(e.ad_id) < 0).map((e) => e.ad_id);
       const r = this.store.reportSpend(
@@ -428,7 +500,7 @@ export class ServingState implements ServingView {
         touched.push(id);
       }
       this.updateServable(touched, now);
-      return { seq: this.store.seq, count: r.applied, unknown };
+      return { seq: r.seq, count: r.applied, unknown };
     });
   }
 
@@ -436,7 +508,7 @@ export class ServingState implements ServingView {
   recordEvents(
     events: ReadonlyArray<EngagementEvent & { attributes: Readonly<Record<string, readonly string[]>> }>,
   ): Promise<WriteOutcome> {
-    return this.writes.run(() => {
+    return this.write(() => {
       const resolved: ResolvedEvent[] = [];
       const known: EngagementEvent[] = [];
       const unknown: string[] = [];
@@ -449,14 +521,115 @@ export class ServingState implements ServingView {
         known.push(e);
         resolved.push({ id, adId: e.ad_id, click: e.type === 'CLICK', timestampMs: e.timestamp_ms, segments: this.popularity.segmentsOf(e.attributes) });
       }
-      const updates = this.popularity.plan(resolved);
-      const r = this.store.recordEvents(
-        known,
-        updates.map((u) => ({ adId: u.adId, segment: u.segment, record: u.record })),
-      );
+      // Planned from the stored sums inside the transaction: another process may have added to them.
+      let updates: PopularityUpdate[] = [];
+      const r = this.store.recordEvents(known, (stored) => (updates = this.popularity.plan(resolved, stored)));
       this.popularity.apply(updates);
-      return { seq: this.store.seq, count: r.applied, unknown };
+      return { seq: r.seq, count: r.applied, unknown };
     });
+  }
+
+  /** Applies every write committed to the store (by any process) that this one has not; resolves to the sequence number now applied. */
+  catchUp(): Promise<number> {
+    return this.writes.run(async () => {
+      await this.catchUpLocked();
+      return this.applied;
+    });
+  }
+
+  /** Sequence number up to which every write is applied in this process. */
+  get appliedSeq(): number {
+    return this.applied;
+  }
+
+  private async catchUpLocked(): Promise<void> {
+    if (this.closed) return;
+    this.store.freshen();
+    const target = this.store.seq;
+    if (target <= this.applied) return;
+    const entries = this.store.journalSince(this.applied);
+    if (entries === null) {
+      this.log.warn({ from: this.applied, to: target }, 'the journal does not cover the writes to catch up on; re-reading every ad');
+      const all = new Set<string>();
+      for (const rec of this.store.ads()) all.add(rec.ad_id);
+      for (const id of this.ads.ids()) all.add(this.ads.adId(id));
+      await this.refreshAds([...all], true);
+      this.applied = target;
+      for (const s of this.ownApplied) if (s <= target) this.ownApplied.delete(s);
+      return;
+    }
+    const ads = new Set<string>();
+    let vectors = false;
+    let all = false;
+    let last = this.applied;
+    for (const { seq, entry } of entries) {
+      last = seq;
+      if (this.ownApplied.delete(seq)) continue;
+      if (entry.all) all = true;
+      if (entry.vectors) vectors = true;
+      for (const a of entry.ads) ads.add(a);
+    }
+    if (all) {
+      for (const rec of this.store.ads()) ads.add(rec.ad_id);
+      for (const id of this.ads.ids()) ads.add(this.ads.adId(id));
+    }
+    if (ads.size > 0) await this.refreshAds([...ads], vectors);
+    this.applied = last;
+  }
+
+  /**
+   * Makes these ads in memory what the store holds now (another process wrote them): removed
+   * when gone, else record, targeting, flight, today's spend, popularity and (with `vectors`)
+   * the embedding. Idempotent: re-reading an ad twice changes nothing.
+   */
+  private async refreshAds(adIds: readonly string[], vectors: boolean): Promise<void> {
+    const now = Date.now();
+    const today = utcDay(now);
+    const recs = adIds.map((adId) => this.store.getAd(adId));
+    const removed: number[] = [];
+    // Removals first: a freed internal id may be reused by another ad of the same batch.
+    adIds.forEach((adId, i) => {
+      const local = this.ads.idOf(adId);
+      const rec = recs[i];
+      if (local >= 0 && (!rec || rec.id !== local)) {
+        this.removeLocal(local);
+        removed.push(local);
+      }
+    });
+    if (removed.length > 0) this.popularity.remove(removed);
+    const touched: number[] = [];
+    const pop: { id: number; records: { segment: string; record: PopularityRecord }[] }[] = [];
+    for (const rec of recs) {
+      if (!rec) continue;
+      this.ads.set(rec);
+      this.targeting.set(rec.id, rec.targeting ?? undefined);
+      this.trackFlight(rec, now);
+      const spend = this.store.spendOf(rec.ad_id);
+      this.ads.setSpend(rec.id, spend && spend.day === today ? spend.micros : 0, now);
+      pop.push({ id: rec.id, records: this.store.popularityOf(rec.ad_id) });
+      touched.push(rec.id);
+    }
+    if (vectors && touched.length > 0) {
+      const dim = this.store.dim!;
+      this.ensureAnn(dim);
+      const ids: number[] = [];
+      const rows: Float32Array[] = [];
+      for (const id of touched) {
+        const v = this.store.getEmbedding(id);
+        if (v && v.length === dim) {
+          ids.push(id);
+          rows.push(v);
+        }
+      }
+      const flat = new Float32Array(ids.length * dim);
+      rows.forEach((v, i) => flat.set(v, i * dim));
+      if (ids.length > 0) await this.ann.addBatchAsync(Uint32Array.from(ids), flat, 1);
+      this.noteNorms(ids);
+    }
+    this.popularity.replaceAds(pop);
+    this.priorOrder.update(this.ads, [...removed, ...touched]);
+    this.updateServable([...removed, ...touched], now);
+    if (vectors) this.annChanged(removed.length + touched.length);
   }
 
   /** The stored ads of these ad_ids, in order; unknown ids are skipped. */
@@ -471,6 +644,8 @@ export class ServingState implements ServingView {
   }
 
   private annChanged(n: number): void {
+    // Only the checkpointing process counts: the others never save, so nothing waits on them.
+    if (!this.checkpoints) return;
     if (this.annChanges === 0) this.unsavedSince = Date.now();
     this.annChanges += n;
     // Writes reach the threshold between ticks too: no need to wait for the next one.
@@ -484,8 +659,10 @@ export class ServingState implements ServingView {
    */
   async checkpoint(): Promise<boolean> {
     return this.writes.run(async () => {
-      if (this.annChanges === 0) return false;
-      const seq = this.store.seq;
+      if (this.annChanges === 0 || !this.checkpoints) return false;
+      // What this process has applied, not the store's number: another process's newer write
+      // may not be in this index yet.
+      const seq = this.applied;
       const changes = this.annChanges;
       const started = Date.now();
       await this.ann.saveAsync(annPath(this.store), { tag: seq });
