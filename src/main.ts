@@ -10,7 +10,7 @@ import { defaultConfig, loadConfigFile, parseConfigText } from './config/load';
 import type { Config } from './config/schema';
 import { ConfigWatcher, type ReloadOutcome } from './config/watch';
 import { FunnelServer, type ServerHooks, type TlsOptions } from './grpc/server';
-import { ServingState } from './serving/state';
+import { ServingState, type StateOptions } from './serving/state';
 import { Metrics, serveMetrics, type MetricsServer } from './telemetry/metrics';
 import { RequestLog } from './telemetry/request-log';
 import { initTracing, type Tracing, type TracingOptions } from './telemetry/tracing';
@@ -36,6 +36,13 @@ export interface StartOptions {
   watchConfig?: boolean;
   /** Log this share (0..1) of answered Retrieves to `dir` as JSON Lines (`--request-log`). */
   requestLog?: { dir: string; sample: number };
+  /** How the state shares its data directory with other processes (`--workers`). */
+  stateOptions?: StateOptions;
+  /**
+   * Bind the port only once the data is loaded, and only once this resolves (to the port to
+   * bind): a worker joining others that already serve must not take connections before then.
+   */
+  bindLate?: (state: ServingState) => Promise<number>;
 }
 
 /** A running server. */
@@ -121,7 +128,7 @@ export async function start(options: StartOptions): Promise<Running> {
     eventLoopLagMs: () => server.eventLoopLagMs,
     sizes: () => server.servingState?.sizes() ?? null,
     configVersion: () => server.config.version,
-    dataSeq: () => server.servingState?.seq ?? null,
+    dataSeq: () => server.servingState?.appliedSeq ?? null,
     traceSpans: () => tracing.spanStats(),
   });
   let metricsServer: MetricsServer | null = null;
@@ -129,8 +136,18 @@ export async function start(options: StartOptions): Promise<Running> {
   let state: ServingState;
   try {
     if (options.metricsPort) metricsServer = await serveMetrics(metrics, host, options.metricsPort);
-    port = await server.listen();
-    state = await ServingState.open(options.dataDir, config, log);
+    if (options.bindLate) {
+      state = await ServingState.open(options.dataDir, config, log, options.stateOptions);
+      try {
+        port = await server.listen(await options.bindLate(state));
+      } catch (err) {
+        await state.close();
+        throw err;
+      }
+    } else {
+      port = await server.listen();
+      state = await ServingState.open(options.dataDir, config, log, options.stateOptions);
+    }
   } catch (err) {
     server.forceStop();
     await metricsServer?.close();

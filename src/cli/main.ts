@@ -6,7 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { runIngest } from './ingest-command';
 import { runStats } from './stats-command';
-import { runServe } from './serve-command';
+import { defaultWorkers, runServe } from './serve-command';
 import { runRetrieve } from './retrieve-command';
 import { parseAdIds, runExplain } from './explain-command';
 import { runDemo } from './demo-command';
@@ -96,6 +96,7 @@ export function buildProgram(): Command {
     .option('--drain-timeout-ms <n>', 'longest SIGTERM waits for in-flight calls', positiveInt('--drain-timeout-ms', 3_600_000), 10_000)
     .option('--request-log <dir>', 'write a sampled log of Retrieve requests here (JSON Lines, rotated) for funnel eval')
     .option('--request-log-sample <r>', 'share of Retrieves logged, 0..1 (default 0.01; needs --request-log)', fraction('--request-log-sample'))
+    .option('--workers <n>', `serving processes on the port over the data directory (default: the available cores, ${defaultWorkers()} here; 1 = a single process)`, positiveInt('--workers', 1024))
     .action(async (opts) => {
       process.exitCode = await runServe(opts);
     });

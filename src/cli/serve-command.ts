@@ -1,5 +1,13 @@
-/** `funnel serve`: serves both services on a data directory until SIGTERM/SIGINT, then drains and exits 0. */
-import { start, type Running } from '../main';
+/**
+ * `funnel serve`: serves both services on a data directory until SIGTERM/SIGINT, then drains and
+ * exits 0. With `--workers N` (N > 1) this process is the primary of N worker processes
+ * (src/cluster/); each worker runs this same command and lands in the worker branch.
+ */
+import cluster from 'node:cluster';
+import * as os from 'node:os';
+import { runPrimary } from '../cluster/primary';
+import { joinPrimary, type WorkerLink } from '../cluster/worker';
+import { defaultLogger, start, type Running } from '../main';
 
 /** Options as commander parses them. */
 export interface ServeCommandOptions {
@@ -18,6 +26,13 @@ export interface ServeCommandOptions {
   requestLog?: string;
   /** Share of Retrieves logged, 0..1 (default 0.01 with requestLog). */
   requestLogSample?: number;
+  /** Serving processes on the port (default: the available cores; 1 = this process serves). */
+  workers?: number;
+}
+
+/** `--workers` when not given: one per available core. */
+export function defaultWorkers(): number {
+  return Math.max(1, os.availableParallelism());
 }
 
 /** Share of Retrieves logged when --request-log is given without --request-log-sample. */
@@ -37,14 +52,31 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
     process.stderr.write('funnel serve: --request-log-sample needs --request-log\n');
     return 2;
   }
+  const workers = opts.workers ?? defaultWorkers();
+  const admin = opts.tlsClientCa ? 'mTLS' : opts.adminTokenFile ? 'bearer token' : 'disabled';
+  if (cluster.isPrimary && workers > 1) {
+    return runPrimary({
+      workers,
+      host: opts.host,
+      port: opts.port,
+      metricsPort: opts.metricsPort,
+      describe: `admin ${admin}; ${opts.tlsCert ? 'TLS' : 'plaintext'}`,
+    });
+  }
+  const log = defaultLogger();
+  const link: WorkerLink | undefined = cluster.isWorker ? joinPrimary(log) : undefined;
   let running: Running;
   try {
     running = await start({
+      logger: link ? log.child({ worker: link.index }) : log,
+      stateOptions: link?.stateOptions,
+      bindLate: link?.bindLate,
       dataDir: opts.data,
       configFile: opts.config,
       host: opts.host,
       port: opts.port,
-      metricsPort: opts.metricsPort,
+      // The primary serves /metrics for all workers.
+      metricsPort: link ? 0 : opts.metricsPort,
       adminTokenFile: opts.adminTokenFile,
       tls: opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey!, clientCa: opts.tlsClientCa } : undefined,
       drainTimeoutMs: opts.drainTimeoutMs,
@@ -53,6 +85,7 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
   } catch (err) {
     // Bad data directory, bad config, port taken, index load failure: all exit 3 with the reason.
     process.stderr.write(`funnel serve: ${(err as Error).message}\n`);
+    link?.leave();
     return 3;
   }
   const { state } = running;
@@ -65,6 +98,8 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
       running.stop().then(
         () => {
           running.log.info({}, 'stopped');
+          // A worker's IPC channel would keep it alive: leave the primary once drained.
+          link?.leave();
           resolve(0);
         },
         (err) => {
@@ -83,11 +118,16 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
     process.on('SIGHUP', onHup);
     // Announce readiness only once the signals are handled: a SIGHUP or SIGTERM sent on seeing the
     // serving line must never meet the default action (which kills the process).
+    if (link) {
+      // The primary prints the serving line once every worker serves.
+      link.attach(running);
+      return;
+    }
     process.stdout.write(
       `funnel serving on ${running.host}:${running.port} (${state.ads.size} ads, dim ${state.dim ?? '-'}, seq ${state.seq}; ` +
         `metrics ${running.metricsPort ? `http://${running.host}:${running.metricsPort}/metrics` : 'off'}; ` +
         `tracing ${running.tracing.exporters.join('+') || 'off'}; ` +
-        `admin ${opts.tlsClientCa ? 'mTLS' : opts.adminTokenFile ? 'bearer token' : 'disabled'}; ${opts.tlsCert ? 'TLS' : 'plaintext'})\n`,
+        `admin ${admin}; ${opts.tlsCert ? 'TLS' : 'plaintext'})\n`,
     );
     if (extra.banner) process.stdout.write(extra.banner(running));
   });

@@ -191,10 +191,11 @@ export class FunnelServer {
   }
 
   /** Binds the port; resolves to the bound port (useful with port 0). */
-  async listen(): Promise<number> {
+  /** Binds the port (`port` overrides the constructor's: a worker learns it from its primary). */
+  async listen(port = this.options.port): Promise<number> {
     const creds = this.credentials();
     this.boundPort = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(`${this.options.host}:${this.options.port}`, creds, (err, port) => (err ? reject(err) : resolve(port)));
+      this.server.bindAsync(`${this.options.host}:${port}`, creds, (err, port) => (err ? reject(err) : resolve(port)));
     });
     return this.boundPort;
   }
@@ -490,7 +491,7 @@ export class FunnelServer {
       return { ad_id: adId, spend_micros: n };
     });
     const r = await this.state.reportSpend(checked);
-    return { applied: r.count, unknown_ad_ids: r.unknown };
+    return { applied: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
 
   private async recordEvents(req: { events?: EventMessage[] }) {
@@ -511,7 +512,7 @@ export class FunnelServer {
       return { ad_id: adId, type: e.type as 'IMPRESSION' | 'CLICK', timestamp_ms: t === 0 ? now : t, attributes };
     });
     const r = await this.state.recordEvents(checked);
-    return { applied: r.count, unknown_ad_ids: r.unknown };
+    return { applied: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
 }
 

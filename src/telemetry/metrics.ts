@@ -113,6 +113,8 @@ export class Metrics {
     new Gauge({
       name: 'funnel_event_loop_lag_seconds',
       help: 'Sustained event-loop lag (the least of the last samples), seconds',
+      // The worst worker's under `--workers N`.
+      aggregator: 'max',
       registers: [r],
       collect() {
         this.set((self.source?.eventLoopLagMs() ?? 0) / 1000);
@@ -122,6 +124,8 @@ export class Metrics {
       name: 'funnel_index_size',
       help: 'Entries per index: ads, servable ads, ANN vectors, targeting entries',
       labelNames: ['index'],
+      // Summed over the workers of `--workers N` otherwise; each holds the same data.
+      aggregator: 'max',
       registers: [r],
       collect() {
         const s = self.source?.sizes();
@@ -157,6 +161,8 @@ export class Metrics {
       name: 'funnel_config_info',
       help: 'The config version serving (value 1)',
       labelNames: ['version'],
+      // Summed over the workers of `--workers N` otherwise; each holds the same data.
+      aggregator: 'max',
       registers: [r],
       collect() {
         const v = self.source?.configVersion();
@@ -183,7 +189,9 @@ export class Metrics {
     });
     new Gauge({
       name: 'funnel_data_seq',
-      help: 'Change sequence number of the data served',
+      help: 'Change sequence number of the data served (every write up to it applied; the least over the workers)',
+      // Summed over the workers of `--workers N` otherwise; each holds the same data.
+      aggregator: 'min',
       registers: [r],
       collect() {
         const s = self.source?.dataSeq();

@@ -276,7 +276,7 @@ describe('config hot reload', () => {
       const pipelines = { a: {}, b: { stages: { Popularity: { enabled: false } } } };
       const limits = { shed_event_loop_lag_ms: 0 };
       fs.writeFileSync(file, stringify({ version: 'h1', default_pipeline: 'a', pipelines, limits }));
-      const proc = spawn(process.execPath, [CLI, 'serve', '--data', data, '--config', file, '--port', '0', '--metrics-port', '0'], {
+      const proc = spawn(process.execPath, [CLI, 'serve', '--data', data, '--config', file, '--port', '0', '--metrics-port', '0', '--workers', '1'], {
         stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, FUNNEL_LOG_LEVEL: 'info', OTEL_TRACES_EXPORTER: 'none' },
       });

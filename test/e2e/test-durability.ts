@@ -97,7 +97,11 @@ function probeAd(adId: string, probe: string, extra: Partial<AdMsg> = {}): AdMsg
   };
 }
 
-describe('e2e: durability and shutdown of funnel serve', function () {
+// Once as a single process, once as a primary with two workers (kill -9 of the primary takes its workers down).
+for (const workers of ['1', '2']) {
+describe(`e2e: durability and shutdown of funnel serve --workers ${workers}`, function () {
+  const serveWith = (dataDir: string, tokenFile: string, extra: string[] = []) => serve(dataDir, tokenFile, ['--workers', workers, ...extra]);
+
   let tmp: string;
   let tokenFile: string;
 
@@ -120,7 +124,7 @@ describe('e2e: durability and shutdown of funnel serve', function () {
       row(n, DIM, { targeting: [{ probe: { any_of: [`base-${n}`] } }], ...(n === 5 ? { status: 'paused' } : {}), ...(n === 6 ? { daily_budget_micros: 1000 } : {}) }),
     );
     const dataDir = await ingestRows(dir, base);
-    const first = await serve(dataDir, tokenFile);
+    const first = await serveWith(dataDir, tokenFile);
     const vec = [0.9, -0.1, 0.2, 0.3];
     await first.admin.upsertAds({ ads: [probeAd('dur-new', 'p-new', { embedding: vec, quality: 0.25, daily_budget_micros: 5_000_000 })] });
     await first.admin.upsertAds({ ads: [{ ...(probeAd('ad-3', 'p-moved') as AdMsg), advertiser_id: 'adv-3', category: 'moved' }] });
@@ -146,7 +150,7 @@ describe('e2e: durability and shutdown of funnel serve', function () {
     first.close();
     assert.ok(acked.length >= 25);
 
-    const second = await serve(dataDir, tokenFile);
+    const second = await serveWith(dataDir, tokenFile);
     const get = async (ids: string[]) => (await second.admin.getAds({ ad_ids: ids })).ads;
     const find = async (probe: string, extra = {}) => second.retrieval.retrieve({ attributes: attrs({ probe: [probe] }), num_results: 100, ...extra });
 
@@ -190,7 +194,7 @@ describe('e2e: durability and shutdown of funnel serve', function () {
     const annFile = path.join(dataDir, 'ann.fidx');
     const tagOf = () => HnswIndex.load(annFile, { mmap: true, verify: false }).tag;
     const before = tagOf();
-    const first = await serve(dataDir, tokenFile, ['--config', config]);
+    const first = await serveWith(dataDir, tokenFile, ['--config', config]);
     const acked: string[] = [];
     let lastSeq = 0;
     for (let i = 0; i < 30; i++) {
@@ -208,7 +212,7 @@ describe('e2e: durability and shutdown of funnel serve', function () {
     first.proc.kill('SIGKILL');
     assert.equal(await first.exited, 'SIGKILL');
     first.close();
-    const second = await serve(dataDir, tokenFile, ['--config', config]);
+    const second = await serveWith(dataDir, tokenFile, ['--config', config]);
     const ads = (await second.admin.getAds({ ad_ids: acked })).ads.map((a) => a.ad_id);
     assert.deepEqual([...ads].sort(), [...acked].sort());
     for (const id of acked) {
@@ -223,13 +227,13 @@ describe('e2e: durability and shutdown of funnel serve', function () {
     const dir = path.join(tmp, 'empty');
     fs.mkdirSync(dir);
     const dataDir = await ingestRows(dir, []);
-    const first = await serve(dataDir, tokenFile);
+    const first = await serveWith(dataDir, tokenFile);
     await first.admin.upsertAds({ ads: [probeAd('e-1', 'p-e', { embedding: [1, 0, 0] }), probeAd('e-2', 'p-e', { embedding: [0, 1, 0] })] });
     await first.admin.setAdStatus({ ad_ids: ['e-2'], status: 'paused' });
     first.proc.kill('SIGKILL');
     assert.equal(await first.exited, 'SIGKILL');
     first.close();
-    const second = await serve(dataDir, tokenFile);
+    const second = await serveWith(dataDir, tokenFile);
     const res = await second.retrieval.retrieve({ attributes: attrs({ probe: ['p-e'] }), user_embedding: [0, 1, 0] });
     assert.deepEqual(adIds(res), ['e-1']);
     assert.ok(res.candidates[0].sources.includes('Ann'));
@@ -255,7 +259,7 @@ describe('e2e: durability and shutdown of funnel serve', function () {
       config,
       ['version: drain-test', 'pipelines:', '  default:', '    stages:', '      Targeting:', '        timeout_ms: 10000', '        fault:', '          delay_ms: 1500', ''].join('\n'),
     );
-    const child = await serve(dataDir, tokenFile, ['--config', config, '--drain-timeout-ms', '60000']);
+    const child = await serveWith(dataDir, tokenFile, ['--config', config, '--drain-timeout-ms', '60000']);
 
     const client = new grpc.Client(child.address, grpc.credentials.createInsecure());
     const watchDef = healthService.Watch as grpc.MethodDefinition<{ service: string }, { status?: string }>;
@@ -308,7 +312,7 @@ describe('e2e: durability and shutdown of funnel serve', function () {
     fs.mkdirSync(dir);
     const dataDir = await ingestRows(dir, [row(1, DIM), row(2, DIM)]);
     // Clients with gRPC client-side health checking hold exactly such a Watch for their channel's life.
-    const child = await serve(dataDir, tokenFile, ['--drain-timeout-ms', '8000']);
+    const child = await serveWith(dataDir, tokenFile, ['--drain-timeout-ms', '8000']);
     const client = new grpc.Client(child.address, grpc.credentials.createInsecure());
     const watchDef = healthService.Watch as grpc.MethodDefinition<{ service: string }, { status?: string }>;
     const watch = client.makeServerStreamRequest(watchDef.path, watchDef.requestSerialize, watchDef.responseDeserialize, { service: '' }, new grpc.Metadata(), {});
@@ -331,3 +335,4 @@ describe('e2e: durability and shutdown of funnel serve', function () {
     child.close();
   });
 });
+}
