@@ -1,4 +1,5 @@
 /** Command line of `npm run bench:e2e`, parsed and validated like bench/lib/args.ts does for bench:ann. */
+import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { positiveInt } from './args';
 
@@ -15,10 +16,14 @@ export interface E2eBenchOptions {
   seconds: number;
   /** Unmeasured seconds before every phase, at that phase's load. */
   warmupSeconds: number;
-  /** Requests kept outstanding by the closed-loop (maximum throughput) phases, over all generators. */
+  /** Requests kept outstanding by the closed-loop (maximum throughput) phases, over all generators, per server worker. */
   concurrency: number;
-  /** Cap on outstanding requests of the open-loop phases, over all generators. */
+  /** Cap on outstanding requests of the open-loop phases, over all generators, per server worker. */
   maxOutstanding: number;
+  /** Worker counts of `funnel serve --workers N`, ascending, distinct: one server each. */
+  workers: number[];
+  /** Open-loop overload phases, as multiples of each server's measured maximum, ascending (empty: none). */
+  overload: number[];
   /** Fixed rate of the traced comparison (undefined: the lowest of `rates`; 0: no comparison). */
   tracingRate?: number;
   /** Paired rounds on the traced server: sampling 0 and 1 by config reload, alternated (0: none). */
@@ -45,7 +50,11 @@ export const E2E_USAGE = `usage: npm run bench:e2e -- [options]
 Starts \`funnel serve\` on a generated catalog as a child process and drives it over gRPC from a
 separate load generator process: (1) closed-loop maximum throughput of grpc.health.v1.Health/Check,
 (2) the same for Retrieve, (3) Retrieve at fixed rates (open loop; latency measured from each
-request's ideal send time, so a stalled server is not hidden by a waiting client).
+request's ideal send time, so a stalled server is not hidden by a waiting client), (4) for each
+--workers count, a server started with that many workers: its Retrieve maximum, the memory of each
+of its processes, and open-loop overload phases at multiples of that maximum. Server CPU per
+Retrieve is read from /proc over the whole process tree and on the JavaScript threads alone; a
+summary table ends the run with each target, the figure measured and PASS or MISS.
 
 data
   --ads N               generated ads (default 1000000); the data directory is cached under
@@ -66,9 +75,20 @@ load
   --max-outstanding N   cap on outstanding requests at a fixed rate (default 1024, above the server's
                         default limits.max_in_flight of 128, so that its shedding shows as
                         RESOURCE_EXHAUSTED; requests the cap holds back past the phase's end are
-                        counted as "unsent")
+                        counted as "unsent"). --concurrency and --max-outstanding are per server
+                        worker: a server with --workers N gets N times as many
   --channels N          gRPC channels (separate TCP connections) per load generator (default 4)
   --procs N             load generator processes (default: 1 per 4 cores, 1 to 4)
+workers and overload
+  --workers LIST        worker counts, one server each started with \`funnel serve --workers N\`
+                        (node:cluster spreads connections, not calls, so channels per generator are
+                        raised to give every worker at least 4); the first (smallest) count runs
+                        every phase above, the others their Retrieve maximum and the overload
+                        phases. Default: 1 and the core count (1 alone on one core). A server
+                        without --workers is measured once, as one process
+  --overload LIST       open-loop Retrieve phases at these multiples of each server's measured
+                        maximum (default 0.5,1.5,3; "none" for none): goodput, p99 of OK answers
+                        and failures by status code, against the issue's overload targets
 tracing
   --tracing-rate R      after the phases above, restart the server with 100% sampling exporting
                         OTLP/HTTP (protobuf) to a receiver in this process on loopback, and repeat
@@ -97,14 +117,28 @@ function positiveNumber(name: string, raw: string | undefined, fallback: number,
   return value;
 }
 
-function rateList(raw: string | undefined, fallback: number[]): number[] {
+function rateList(raw: string | undefined, fallback: number[], name = 'rates'): number[] {
   if (raw === undefined) return fallback;
-  const values = raw.split(',').map((part) => positiveNumber('rates', part, 0));
+  const values = raw.split(',').map((part) => positiveNumber(name, part, 0));
   return [...new Set(values)].sort((a, b) => a - b);
 }
 
-/** Parses and validates argv (without node and script); throws an Error naming the offending option. */
-export function parseE2eArgs(argv: readonly string[]): E2eBenchOptions {
+function countList(name: string, raw: string | undefined, fallback: number[]): number[] {
+  if (raw === undefined) return fallback;
+  const values = raw.split(',').map((part) => positiveInt(name, part, 0));
+  return [...new Set(values)].sort((a, b) => a - b);
+}
+
+/** Worker counts measured when --workers is not given: 1, and `cores` too when there is more than one. */
+export function defaultWorkers(cores: number): number[] {
+  return cores > 1 ? [1, cores] : [1];
+}
+
+/**
+ * Parses and validates argv (without node and script); throws an Error naming the offending
+ * option. `cores` (default: this machine's) sets the default --workers.
+ */
+export function parseE2eArgs(argv: readonly string[], cores = os.availableParallelism()): E2eBenchOptions {
   const { values } = parseArgs({
     args: [...argv],
     strict: true,
@@ -125,6 +159,8 @@ export function parseE2eArgs(argv: readonly string[]): E2eBenchOptions {
       'max-outstanding': { type: 'string' },
       channels: { type: 'string' },
       procs: { type: 'string' },
+      workers: { type: 'string' },
+      overload: { type: 'string' },
       'tracing-rate': { type: 'string' },
       'tracing-rounds': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -153,6 +189,8 @@ export function parseE2eArgs(argv: readonly string[]): E2eBenchOptions {
     warmupSeconds: positiveNumber('warmup-seconds', values['warmup-seconds'], 2, true),
     concurrency,
     maxOutstanding: positiveInt('max-outstanding', values['max-outstanding'], 1024),
+    workers: countList('workers', values.workers, defaultWorkers(cores)),
+    overload: values.overload?.trim() === 'none' ? [] : rateList(values.overload, [0.5, 1.5, 3], 'overload'),
     channels: positiveInt('channels', values.channels, 4),
     procs,
     pool: positiveInt('pool', values.pool, 4096),

@@ -10,6 +10,8 @@ export interface MergedResult {
   errors: Record<string, number>;
   unsent: number;
   capWaits: number;
+  /** Calls sent while the window was open, all generators. */
+  sentInWindow: number;
   latency: LatencyHistogram;
   sendLag: LatencyHistogram;
   windowSeconds: number;
@@ -34,6 +36,7 @@ export function mergeResults(results: readonly PhaseResult[]): MergedResult {
     errors,
     unsent: 0,
     capWaits: 0,
+    sentInWindow: 0,
     latency,
     sendLag,
     windowSeconds: 0,
@@ -48,6 +51,7 @@ export function mergeResults(results: readonly PhaseResult[]): MergedResult {
     out.ok += r.ok;
     out.unsent += r.unsent;
     out.capWaits += r.capWaits;
+    out.sentInWindow += r.sentInWindow;
     latency.merge(r.latency);
     sendLag.merge(r.sendLag);
     for (const [name, n] of Object.entries(r.errors)) errors[name] = (errors[name] ?? 0) + n;

@@ -65,6 +65,11 @@ export interface PhaseResult {
   unsent: number;
   /** Open loop: times in the window a due request found the outstanding cap reached and had to wait. */
   capWaits: number;
+  /**
+   * Calls sent while the window was open, by the clock (not by the schedule): divided by the
+   * window's seconds, the rate the generator really offered.
+   */
+  sentInWindow: number;
   /** Latency of OK calls, microseconds: from the ideal send time (open loop) or the send (closed loop). */
   latency: HistogramSnapshot;
   /** Open loop: actual minus ideal send time, microseconds (the generator's own lateness). */
@@ -109,6 +114,7 @@ class Tally {
   ok = 0;
   unsent = 0;
   capWaits = 0;
+  sentInWindow = 0;
   candidates = 0;
   degraded = 0;
   badResponses = 0;
@@ -141,6 +147,7 @@ class Tally {
       errors: this.errors,
       unsent: this.unsent,
       capWaits: this.capWaits,
+      sentInWindow: this.sentInWindow,
       latency: this.latency.snapshot(),
       sendLag: this.sendLag.snapshot(),
       windowSeconds,
@@ -228,6 +235,7 @@ export class LoadGenerator {
           return;
         }
         outstanding++;
+        if (sentAt >= windowStart) tally.sentInWindow++;
         this.call(spec.method, (err, res) => {
           const now = performance.now();
           outstanding--;
@@ -255,7 +263,7 @@ export class LoadGenerator {
     if (spec.rate === undefined) throw new Error('an open-loop phase needs a rate');
     const plan = openLoopPlan(spec.rate, spec.warmupSeconds, spec.seconds, spec.part, spec.parts);
     const w = await PhaseWindow.open(spec, onMark);
-    const { start, windowEnd } = w;
+    const { start, windowStart, windowEnd } = w;
     const tally = new Tally();
     const inspect = spec.method === RETRIEVE_METHOD;
     await new Promise<void>((resolve) => {
@@ -266,7 +274,9 @@ export class LoadGenerator {
       const send = (i: number): void => {
         const ideal = start + idealSendMs(plan, i);
         const measured = i >= plan.firstMeasured;
-        if (measured) tally.sendLag.record((performance.now() - ideal) * 1000);
+        const now = performance.now();
+        if (measured) tally.sendLag.record((now - ideal) * 1000);
+        if (now >= windowStart && now < windowEnd) tally.sentInWindow++;
         outstanding++;
         this.call(spec.method, (err, res) => {
           const now = performance.now();

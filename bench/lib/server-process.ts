@@ -1,6 +1,7 @@
 /** `funnel serve` as a child process: start it, wait for its "funnel serving on" line, watch its logs, stop it. */
 import { ChildProcess, spawn } from 'node:child_process';
 import * as readline from 'node:readline';
+import { processStat, processTree } from './proc';
 
 /** What the serving line says: `funnel serving on HOST:PORT (N ads, dim D, seq S; ...)`. */
 export interface ServingBanner {
@@ -34,6 +35,36 @@ interface Watch {
   /** Called with every JSON log record (reload() waits on these). */
   listeners: Set<(rec: { level?: number; msg?: string }) => void>;
   exit?: { code: number | null; signal: NodeJS.Signals | null };
+}
+
+/** How long stop() waits for a stopped server's descendants to exit by themselves. */
+const LEFTOVER_GRACE_MS = 3000;
+
+/** A process identified beyond its pid. */
+interface Process {
+  pid: number;
+  startTicks: number;
+}
+
+/** Whether `p` still runs (not exited, not a zombie, pid not reused). */
+function alive(p: Process): boolean {
+  const st = processStat(p.pid);
+  return st !== undefined && st.startTicks === p.startTicks && st.state !== 'Z' && st.state !== 'X';
+}
+
+/** SIGKILLs those of `list` still running; returns how many. */
+function killAll(list: readonly Process[]): number {
+  let n = 0;
+  for (const p of list) {
+    if (!alive(p)) continue;
+    try {
+      process.kill(p.pid, 'SIGKILL');
+      n++;
+    } catch {
+      // Gone in between.
+    }
+  }
+  return n;
 }
 
 /** A running server child. */
@@ -149,9 +180,14 @@ export class ServerProcess {
     });
   }
 
-  /** SIGTERM (the server drains), then SIGKILL after `graceMs`; resolves with how it exited. */
-  async stop(graceMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; killed: boolean }> {
+  /**
+   * SIGTERM (the server drains), then SIGKILL after `graceMs`; resolves with how it exited.
+   * Descendants (a `--workers` primary's workers) still running a few seconds after it exited
+   * are killed and counted in `leftovers`.
+   */
+  async stop(graceMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; killed: boolean; leftovers: number }> {
     let killed = false;
+    const descendants = this.descendants();
     if (this.watch.exit === undefined) {
       this.child.kill('SIGTERM');
       const timer = setTimeout(() => {
@@ -162,11 +198,27 @@ export class ServerProcess {
       clearTimeout(timer);
     }
     const e = this.watch.exit ?? { code: this.child.exitCode, signal: this.child.signalCode };
-    return { ...e, killed };
+    // A cluster worker whose primary has gone exits on losing its IPC channel: give it a moment.
+    const until = Date.now() + LEFTOVER_GRACE_MS;
+    while (Date.now() < until && descendants.some(alive)) await new Promise((resolve) => setTimeout(resolve, 100));
+    return { ...e, killed, leftovers: killAll(descendants) };
   }
 
-  /** SIGKILL at once (synchronous: for process exit handlers). */
+  /** SIGKILL at once, the server and its descendants (synchronous: for process exit handlers). */
   killNow(): void {
+    const descendants = this.watch.exit === undefined ? this.descendants() : [];
     if (this.watch.exit === undefined) this.child.kill('SIGKILL');
+    killAll(descendants);
+  }
+
+  /** The server's descendants now, each with its start time (so that a reused pid is never taken for it). */
+  private descendants(): Process[] {
+    if (this.watch.exit !== undefined || this.child.pid === undefined) return [];
+    return processTree(this.child.pid)
+      .slice(1)
+      .flatMap((pid) => {
+        const st = processStat(pid);
+        return st ? [{ pid, startTicks: st.startTicks }] : [];
+      });
   }
 }

@@ -1,5 +1,5 @@
 import * as assert from 'node:assert/strict';
-import { defaultProcs, parseE2eArgs } from '../../bench/lib/e2e-args';
+import { defaultProcs, defaultWorkers, parseE2eArgs } from '../../bench/lib/e2e-args';
 
 describe('bench:e2e command line', () => {
   it('when nothing is given, then the issue defaults apply', () => {
@@ -67,6 +67,26 @@ describe('bench:e2e command line', () => {
     assert.throws(() => parseE2eArgs(['--data', ' ']), /--data must name a directory/);
     assert.throws(() => parseE2eArgs(['--bogus']), /bogus/);
     assert.throws(() => parseE2eArgs(['stray']), /stray/);
+  });
+
+  it('when --workers and --overload are absent, then 1 and the core count, and 0.5x, 1.5x and 3x apply', () => {
+    assert.deepEqual(parseE2eArgs([], 2).workers, [1, 2]);
+    assert.deepEqual(parseE2eArgs([], 16).workers, [1, 16]);
+    assert.deepEqual(parseE2eArgs([], 1).workers, [1]);
+    assert.deepEqual(defaultWorkers(8), [1, 8]);
+    assert.deepEqual(parseE2eArgs([]).overload, [0.5, 1.5, 3]);
+  });
+
+  it('when --workers and --overload are given, then they are sorted and deduplicated, and "none" turns overload off', () => {
+    const o = parseE2eArgs(['--workers', '4,1,2,4', '--overload', '3,0.5,2']);
+    assert.deepEqual(o.workers, [1, 2, 4]);
+    assert.deepEqual(o.overload, [0.5, 2, 3]);
+    assert.deepEqual(parseE2eArgs(['--overload', 'none']).overload, []);
+    assert.throws(() => parseE2eArgs(['--workers', '0']), /--workers must be a positive integer/);
+    assert.throws(() => parseE2eArgs(['--workers', '1.5']), /--workers must be a positive integer/);
+    assert.throws(() => parseE2eArgs(['--workers', '1,,2']), /--workers must be a positive integer/);
+    assert.throws(() => parseE2eArgs(['--overload', '0']), /--overload must be a positive number/);
+    assert.throws(() => parseE2eArgs(['--overload', '1.5,x']), /--overload must be a positive number, got "x"/);
   });
 
   it('when --help is given, then it is reported', () => {

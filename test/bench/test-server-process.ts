@@ -21,6 +21,15 @@ process.stdout.write('funnel serving on 127.0.0.1:1 (1 ads, dim 4, seq 1; admin 
 setInterval(() => {}, 1000);
 `;
 
+/** A stand-in for a cluster primary that exits on SIGTERM and leaves its child (a worker ignoring SIGTERM) running. */
+const FAKE_PRIMARY = `
+const { spawn } = require('child_process');
+spawn(process.execPath, ['-e', 'process.on("SIGTERM", () => {}); setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+process.on('SIGTERM', () => process.exit(0));
+setTimeout(() => process.stdout.write('funnel serving on 127.0.0.1:1 (1 ads, dim 4, seq 1; 1 workers)\\n'), 200);
+setInterval(() => {}, 1000);
+`;
+
 describe('bench server process', () => {
   it('when the serving line is printed, then host, port, ads and dimension are read from it', () => {
     const line = 'funnel serving on 127.0.0.1:41233 (20000 ads, dim 64, seq 1; admin disabled; plaintext)';
@@ -35,6 +44,19 @@ describe('bench server process', () => {
   it('when another line is printed, then it is not taken for the serving line', () => {
     assert.equal(parseServingBanner('{"level":30,"msg":"listening"}'), undefined);
     assert.equal(parseServingBanner('funnel serving soon'), undefined);
+  });
+
+  it('when the server exits and leaves a child running, then stop() kills the child and counts it', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'funnel-server-process-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'primary.js'), FAKE_PRIMARY);
+      const server = await ServerProcess.start(path.join(dir, 'primary.js'), [], 10_000);
+      const exit = await server.stop(5000);
+      assert.equal(exit.code, 0);
+      assert.equal(exit.leftovers, 1);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   describe('reloadAfter', () => {
