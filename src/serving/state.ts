@@ -2,8 +2,9 @@
  * Everything a serving process holds in memory for one data directory: the ad table, the ANN
  * index, the targeting index, popularity, and the "servable" bitset (active, in flight, under
  * budget now). Admin writes go through here: validated input is written to LMDB first (one
- * synced transaction), then applied in memory, then the call returns, so an OK write is durable
- * and seen by every later Retrieve. Writes are serialised; reads never wait for them.
+ * transaction, committed and synced off the event loop), then applied in memory, then the call
+ * returns, so an OK write is durable and seen by every later Retrieve. Writes are serialised;
+ * reads never wait for them.
  */
 import { checkpointSchema, type CheckpointConfig, type Config, type PopularityConfig } from '../config/schema';
 import type { HnswIndex, TargetingIndex } from '../native/index';
@@ -414,7 +415,7 @@ export class ServingState implements ServingView {
   /** Inserts or replaces ads (validated rows of the catalog's dimension). */
   upsertAds(rows: ReadonlyArray<CatalogRow>): Promise<{ seq: number; inserted: number; updated: number }> {
     return this.write(async () => {
-      const result = this.store.upsert(rows);
+      const result = await this.store.upsert(rows);
       const now = Date.now();
       const ids = new Uint32Array(rows.length);
       const dim = this.store.dim!;
@@ -441,8 +442,8 @@ export class ServingState implements ServingView {
 
   /** Pauses or activates ads; unknown ids are reported, not an error. */
   setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused'): Promise<WriteOutcome> {
-    return this.write(() => {
-      const r = this.store.setStatus(adIds, status);
+    return this.write(async () => {
+      const r = await this.store.setStatus(adIds, status);
       const touched: number[] = [];
       for (const rec of r.updated) {
         this.ads.setActive(rec.id, status === 'active');
@@ -455,7 +456,7 @@ export class ServingState implements ServingView {
 
   /** Deletes ads; unknown ids are reported, not an error. */
   deleteAds(adIds: ReadonlyArray<string>): Promise<WriteOutcome> {
-    return this.write(() => {
+    return this.write(async () => {
       const known: { adId: string; id: number }[] = [];
       const unknown: string[] = [];
       for (const adId of new Set(adIds)) {
@@ -463,7 +464,7 @@ export class ServingState implements ServingView {
         if (id < 0) unknown.push(adId);
         else known.push({ adId, id });
       }
-      const r = this.store.remove(known.map((k) => k.adId));
+      const r = await this.store.remove(known.map((k) => k.adId));
       for (const { id } of known) this.removeLocal(id);
       this.popularity.remove(known.map((k) => k.id));
       this.priorOrder.remove(known.map((k) => k.id));
@@ -485,10 +486,10 @@ export class ServingState implements ServingView {
 
   /** Records today's cumulative spend per ad; unknown ids are reported. */
   reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>): Promise<WriteOutcome> {
-    return this.write(() => {
+    return this.write(async () => {
       const now = Date.now();
       const unknown = entries.filter((e) => this.ads.idOf(e.ad_id) < 0).map((e) => e.ad_id);
-      const r = this.store.reportSpend(
+      const r = await this.store.reportSpend(
         entries.filter((e) => this.ads.idOf(e.ad_id) >= 0),
         now,
       );
@@ -508,7 +509,7 @@ export class ServingState implements ServingView {
   recordEvents(
     events: ReadonlyArray<EngagementEvent & { attributes: Readonly<Record<string, readonly string[]>> }>,
   ): Promise<WriteOutcome> {
-    return this.write(() => {
+    return this.write(async () => {
       const resolved: ResolvedEvent[] = [];
       const known: EngagementEvent[] = [];
       const unknown: string[] = [];
@@ -523,7 +524,7 @@ export class ServingState implements ServingView {
       }
       // Planned from the stored sums inside the transaction: another process may have added to them.
       let updates: PopularityUpdate[] = [];
-      const r = this.store.recordEvents(known, (stored) => (updates = this.popularity.plan(resolved, stored)));
+      const r = await this.store.recordEvents(known, (stored) => (updates = this.popularity.plan(resolved, stored)));
       this.popularity.apply(updates);
       return { seq: r.seq, count: r.applied, unknown };
     });

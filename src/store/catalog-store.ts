@@ -183,7 +183,11 @@ function isDirectoryEmpty(dir: string): boolean {
   return fs.readdirSync(dir).length === 0;
 }
 
-/** The catalog store of one data directory. Writes are synchronous LMDB transactions. */
+/**
+ * The catalog store of one data directory. Admin writes are LMDB transactions whose body runs on
+ * the calling thread and whose commit (the fsync) runs on lmdb-js's write thread: each resolves
+ * once durable, without holding the event loop meanwhile. Ingest's commit is synchronous.
+ */
 export class CatalogStore {
   private constructor(
     /** Absolute path of the data directory. */
@@ -469,8 +473,8 @@ export class CatalogStore {
   }
 
   /** Inserts or replaces ads (by ad_id) in one transaction. Throws DataDirError on a dimension clash, writing nothing. */
-  upsert(rows: ReadonlyArray<CatalogRow>): WriteResult {
-    return this.env.transactionSync(() => {
+  upsert(rows: ReadonlyArray<CatalogRow>): Promise<WriteResult> {
+    return this.env.transaction(() => {
       const m = this.m();
       this.checkDim(m, rows);
       m.seq++;
@@ -483,8 +487,8 @@ export class CatalogStore {
   }
 
   /** Deletes ads by ad_id in one transaction; unknown ids are skipped. */
-  remove(adIds: ReadonlyArray<string>): WriteResult {
-    return this.env.transactionSync(() => {
+  remove(adIds: ReadonlyArray<string>): Promise<WriteResult> {
+    return this.env.transaction(() => {
       const m = this.m();
       m.seq++;
       const result: WriteResult = { seq: m.seq, inserted: 0, updated: 0, removed: 0 };
@@ -507,9 +511,9 @@ export class CatalogStore {
    * day replaces the earlier one; a new day starts over), bumping the sequence number. Unknown
    * ad_ids are skipped and counted.
    */
-  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>, nowMs = Date.now()): { seq: number; applied: number; unknown: number } {
+  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>, nowMs = Date.now()): Promise<{ seq: number; applied: number; unknown: number }> {
     const day = utcDay(nowMs);
-    return this.env.transactionSync(() => {
+    return this.env.transaction(() => {
       const m = this.m();
       m.seq++;
       let applied = 0;
@@ -544,8 +548,8 @@ export class CatalogStore {
    * Sets the status of ads in one transaction (bumping the sequence number); unknown ad_ids
    * are returned, not an error.
    */
-  setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused'): { seq: number; updated: AdRecord[]; unknown: string[] } {
-    return this.env.transactionSync(() => {
+  setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused'): Promise<{ seq: number; updated: AdRecord[]; unknown: string[] }> {
+    return this.env.transaction(() => {
       const m = this.m();
       m.seq++;
       const updated: AdRecord[] = [];
@@ -585,8 +589,8 @@ export class CatalogStore {
     popularity:
       | ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }>
       | ((stored: (adId: string, segment: string) => PopularityRecord | undefined) => ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }>) = [],
-  ): { seq: number; applied: number; unknown: number; popularity: ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }> } {
-    return this.env.transactionSync(() => {
+  ): Promise<{ seq: number; applied: number; unknown: number; popularity: ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }> }> {
+    return this.env.transaction(() => {
       const m = this.m();
       m.seq++;
       const records = typeof popularity === 'function' ? popularity((adId, segment) => this.popularityDb.get(adId + POP_SEP + segment)) : popularity;

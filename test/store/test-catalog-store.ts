@@ -21,20 +21,20 @@ describe('CatalogStore', () => {
 
   it('when ads are upserted and removed, then reads, ids, embeddings and the change log follow', async () => {
     const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
-    const w1 = store.upsert([valid(1), valid(2)]);
+    const w1 = await store.upsert([valid(1), valid(2)]);
     assert.deepEqual(w1, { seq: 1, inserted: 2, updated: 0, removed: 0 });
     assert.equal(store.dim, 4);
     const a1 = store.getAd('ad-1')!;
     assert.equal(store.getAdById(a1.id)!.ad_id, 'ad-1');
     assert.deepEqual(Array.from(store.getEmbedding(a1.id)!), Array.from(Float32Array.from(valid(1).embedding)));
-    const w2 = store.upsert([valid(1, 4, { bid_micros: 5 })]);
+    const w2 = await store.upsert([valid(1, 4, { bid_micros: 5 })]);
     assert.equal(w2.updated, 1);
     assert.equal(store.getAd('ad-1')!.bid_micros, 5);
     assert.equal(store.getAd('ad-1')!.id, a1.id, 'an update keeps the internal id');
-    store.remove(['ad-1', 'ad-missing']);
+    await store.remove(['ad-1', 'ad-missing']);
     assert.equal(store.getAd('ad-1'), undefined);
     assert.equal(store.count, 1);
-    const reused = store.upsert([valid(3)]);
+    const reused = await store.upsert([valid(3)]);
     assert.equal(reused.inserted, 1);
     assert.equal(store.getAd('ad-3')!.id, a1.id, 'a freed id is reused');
     assert.equal(store.seq, 4);
@@ -51,23 +51,23 @@ describe('CatalogStore', () => {
 
   it('when spend and engagement are reported, then they are kept per ad and day, and go with the ad', async () => {
     const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
-    store.upsert([valid(1), valid(2)]);
+    await store.upsert([valid(1), valid(2)]);
     const day1 = Date.parse('2026-11-23T10:00:00Z');
     const day2 = Date.parse('2026-11-24T00:30:00Z');
     const seq = store.seq;
-    assert.deepEqual(store.reportSpend([{ ad_id: 'ad-1', spend_micros: 500 }, { ad_id: 'nope', spend_micros: 1 }], day1), { seq: seq + 1, applied: 1, unknown: 1 });
-    store.reportSpend([{ ad_id: 'ad-1', spend_micros: 700 }], day1);
+    assert.deepEqual(await store.reportSpend([{ ad_id: 'ad-1', spend_micros: 500 }, { ad_id: 'nope', spend_micros: 1 }], day1), { seq: seq + 1, applied: 1, unknown: 1 });
+    await store.reportSpend([{ ad_id: 'ad-1', spend_micros: 700 }], day1);
     assert.equal(store.spendToday('ad-1', day1), 700, 'cumulative: a later report replaces');
     assert.equal(store.spendToday('ad-1', day2), 0, 'a new UTC day starts at zero');
     assert.equal(store.spendToday('ad-2', day1), 0);
-    store.recordEvents([
+    await store.recordEvents([
       { ad_id: 'ad-2', type: 'IMPRESSION', timestamp_ms: 10 },
       { ad_id: 'ad-2', type: 'CLICK', timestamp_ms: 30 },
       { ad_id: 'ad-2', type: 'IMPRESSION', timestamp_ms: 20 },
     ]);
     assert.deepEqual(store.engagement('ad-2'), { impressions: 2, clicks: 1, last_ms: 30 });
-    store.remove(['ad-1', 'ad-2']);
-    store.upsert([valid(1), valid(2)]);
+    await store.remove(['ad-1', 'ad-2']);
+    await store.upsert([valid(1), valid(2)]);
     assert.equal(store.spendToday('ad-1', day1), 0, 'a deleted ad leaves no spend behind');
     assert.deepEqual(store.engagement('ad-2'), { impressions: 0, clicks: 0, last_ms: 0 });
     await store.close();
@@ -75,13 +75,13 @@ describe('CatalogStore', () => {
 
   it('when any write commits, then the journal names the ads it touched, in sequence order, and writes that change no vector leave no log entry', async () => {
     const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
-    store.upsert([valid(1), valid(2)]);
+    await store.upsert([valid(1), valid(2)]);
     const base = store.seq;
-    store.setStatus(['ad-1', 'nope'], 'paused');
-    store.reportSpend([{ ad_id: 'ad-2', spend_micros: 5 }]);
-    store.recordEvents([{ ad_id: 'ad-1', type: 'CLICK', timestamp_ms: 1 }]);
-    store.remove(['ad-2']);
-    store.upsert([valid(3)]);
+    await store.setStatus(['ad-1', 'nope'], 'paused');
+    await store.reportSpend([{ ad_id: 'ad-2', spend_micros: 5 }]);
+    await store.recordEvents([{ ad_id: 'ad-1', type: 'CLICK', timestamp_ms: 1 }]);
+    await store.remove(['ad-2']);
+    await store.upsert([valid(3)]);
     assert.equal(store.seq, base + 5, 'every Admin write, spend and events included, bumps the sequence number');
     assert.deepEqual(
       store.journalSince(base)!.map((j) => [j.seq, j.entry.ads, j.entry.vectors]),
@@ -107,10 +107,10 @@ describe('CatalogStore', () => {
 
   it('when events are recorded with a planner, then it plans from the stored records inside the transaction', async () => {
     const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
-    store.upsert([valid(1)]);
-    store.recordEvents([], [{ adId: 'ad-1', segment: '', record: { li: 3, lc: 1, hl: 60 } }]);
+    await store.upsert([valid(1)]);
+    await store.recordEvents([], [{ adId: 'ad-1', segment: '', record: { li: 3, lc: 1, hl: 60 } }]);
     let seen: unknown;
-    const r = store.recordEvents([{ ad_id: 'ad-1', type: 'CLICK', timestamp_ms: 1 }], (stored) => {
+    const r = await store.recordEvents([{ ad_id: 'ad-1', type: 'CLICK', timestamp_ms: 1 }], (stored) => {
       seen = stored('ad-1', '');
       return [{ adId: 'ad-1', segment: '', record: { li: 3, lc: 2, hl: 60 } }];
     });
@@ -122,8 +122,8 @@ describe('CatalogStore', () => {
 
   it('when an upsert clashes with the dimension, then nothing of it is written', async () => {
     const store = CatalogStore.open(path.join(tmp, 'd'), { create: true });
-    store.upsert([valid(1)]);
-    assert.throws(() => store.upsert([valid(2), valid(3, 5)]), { code: 'ERR_DATA_DIR', message: /dimension is 4/ });
+    await store.upsert([valid(1)]);
+    await assert.rejects(store.upsert([valid(2), valid(3, 5)]), { code: 'ERR_DATA_DIR', message: /dimension is 4/ });
     assert.equal(store.getAd('ad-2'), undefined);
     assert.equal(store.seq, 1);
     await store.close();

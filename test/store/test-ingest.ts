@@ -98,7 +98,7 @@ describe('ingestCatalog', () => {
     const store = CatalogStore.open(data);
     const file = annPath(store);
     const stale = fs.readFileSync(file);
-    store.upsert([(await import('../../src/store/catalog-schema')).parseCatalogLine(JSON.stringify(row(500, 8))) as never]
+    await store.upsert([(await import('../../src/store/catalog-schema')).parseCatalogLine(JSON.stringify(row(500, 8))) as never]
       .map((p: { row: never }) => p.row));
     let r = await syncAnnIndex(store, { threads: 1 });
     assert.equal(r.how, 'caught-up');
