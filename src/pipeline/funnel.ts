@@ -205,14 +205,18 @@ export class Funnel {
         epoch: eligible ? eligible.epoch : -1,
       };
     } finally {
-      // Bitsets go back to the pool once no stage (and no native call of a timed-out stage) reads them.
-      const bufs = this.buffers.get(query as object);
-      if (bufs) {
-        this.buffers.delete(query as object);
-        void Promise.all(pending).then(() => {
-          for (const b of bufs) this.pool.release(b);
-        });
-      }
+      // Bitsets go back to the pool once no stage (and no native call of a timed-out stage) reads
+      // them; a stage that ends after the request (a timed-out Eligibility) still adds its buffer
+      // to this request's list before its run settles.
+      const key = query as object;
+      const release = () => {
+        const bufs = this.buffers.get(key);
+        if (!bufs) return;
+        this.buffers.delete(key);
+        for (const b of bufs) this.pool.release(b);
+      };
+      if (pending.length === 0) release();
+      else void Promise.all(pending).then(release);
     }
   }
 }

@@ -37,6 +37,7 @@ export interface RetrieveQuery {
 
 /** The request's eligible set: bit `id` set when the ad may be shown (targeting, servable, not excluded). */
 export interface EligibleSet {
+  /** Read-only: requests with the same attributes and no exclusions share one cached array. */
   bits: Uint32Array;
   count: number;
   /** AdTable epoch taken before the match: ads set or removed after it may not match `bits` any more. */

@@ -3,24 +3,56 @@
  * match of the request's attributes within the servable ads (active, in flight, under budget),
  * minus excluded ads, advertisers and blocked categories. Every sourcing stage works inside it;
  * the Filters stage checks it again per candidate.
+ *
+ * The match (targeting AND servable) depends only on the request's attributes and the data, so
+ * it is cached by attribute signature for as long as the data epoch holds: the identity of the
+ * servable bitset (the serving state swaps in a new array on every change to any ad: upsert,
+ * status, delete, spend, flight boundary, day) and the ad table's write epoch. A hit costs no
+ * native call and no thread-pool hop. Exclusions are per request and applied after the cache,
+ * on a copy.
  */
 import type { RequestAttributes, TargetingIndex } from '../native/index';
 import type { AdTable } from '../serving/ad-table';
 import type { EligibleSet, Stage, StageContext } from '../pipeline/types';
 
-/** A pool of bitset buffers, so a request allocates none in the steady state. */
+/**
+ * A pool of bitset buffers, so a request allocates none in the steady state. A buffer may be
+ * shared (the eligibility cache hands one cached answer to many requests): each holder takes a
+ * lease (acquire or retain) and gives it back (release); the buffer is reused only once every
+ * lease is back.
+ */
 export class BitsetPool {
   private readonly free: Uint32Array[] = [];
+  // Outstanding leases of the buffers this pool handed out (weak: a holder that never releases leaks nothing).
+  private readonly leases = new WeakMap<Uint32Array, number>();
   constructor(private readonly max = 256) {}
-  /** A buffer of at least `words` words (contents undefined). */
+  /** A buffer of at least `words` words (contents undefined), with one lease. */
   acquire(words: number): Uint32Array {
+    let buf: Uint32Array | undefined;
     for (let i = this.free.length - 1; i >= 0; i--) {
-      if (this.free[i].length >= words) return this.free.splice(i, 1)[0];
+      if (this.free[i].length >= words) {
+        buf = this.free[i];
+        this.free[i] = this.free[this.free.length - 1];
+        this.free.pop();
+        break;
+      }
     }
-    return new Uint32Array(Math.max(words, 32));
+    buf ??= new Uint32Array(Math.max(words, 32));
+    this.leases.set(buf, 1);
+    return buf;
   }
-  /** Returns a buffer once nothing (no native call either) reads it any more. */
+  /** One more lease on a buffer this pool handed out (a shared reader). */
+  retain(buf: Uint32Array): void {
+    this.leases.set(buf, (this.leases.get(buf) ?? 0) + 1);
+  }
+  /** Gives back one lease once nothing (no native call either) reads the buffer for it any more; the last one returns it to the pool. */
   release(buf: Uint32Array): void {
+    const n = this.leases.get(buf);
+    if (n !== undefined && n > 1) {
+      this.leases.set(buf, n - 1);
+      return;
+    }
+    this.leases.delete(buf);
     if (this.free.length < this.max) this.free.push(buf);
   }
 }
@@ -29,7 +61,63 @@ export class BitsetPool {
 export interface EligibilitySource {
   readonly targeting: TargetingIndex;
   readonly ads: AdTable;
+  /** The servable ads. `bits` is never modified in place: every change swaps in a new array (the cache's data epoch). */
   readonly servable: { bits: Uint32Array; count: number };
+}
+
+/** Bounds of the eligibility cache. */
+export interface EligibilityCacheOptions {
+  /** Cached signatures at most (least recently used evicted first). Default 1024. */
+  maxEntries?: number;
+  /** Bytes of cached bitsets at most. Default 64 MiB (512 answers at 1M ads, 5,120 at 100k). */
+  maxBytes?: number;
+}
+
+const DEFAULT_MAX_ENTRIES = 1024;
+const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
+
+/** One cached match: targeting AND servable, before exclusions. Its bits are read-only and leased from the pool. */
+interface CachedMatch {
+  bits: Uint32Array;
+  count: number;
+  /** AdTable epoch taken before the match. */
+  epoch: number;
+}
+
+/** A native match under way and the requests waiting on it (each takes its own lease when it ends). */
+interface PendingMatch {
+  match: Promise<CachedMatch>;
+  users: number;
+}
+
+/**
+ * The request attributes as a cache key: names sorted, each one's values sorted and without
+ * repeats (the index reads them as a set), undefined values left out as the index leaves them
+ * out; `[]` stays distinct from absent. Null when a value is not an array of strings (the index
+ * refuses it: no key, so the native call reports the error).
+ */
+export function attributeSignature(attrs: RequestAttributes): string | null {
+  const names = Object.keys(attrs);
+  if (names.length > 1) names.sort();
+  let key = '';
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i];
+    const values = attrs[name];
+    if (values === undefined) continue;
+    if (!Array.isArray(values)) return null;
+    let list: readonly string[] = values;
+    if (list.length > 1) {
+      const sorted = list.slice().sort();
+      let w = 1;
+      for (let r = 1; r < sorted.length; r++) if (sorted[r] !== sorted[w - 1]) sorted[w++] = sorted[r];
+      sorted.length = w;
+      list = sorted;
+    }
+    for (let j = 0; j < list.length; j++) if (typeof list[j] !== 'string') return null;
+    // JSON strings cannot contain a raw control character, so \u0001 and \u0002 separate unambiguously.
+    key += JSON.stringify(name) + '\u0001' + (list.length === 0 ? '' : JSON.stringify(list)) + '\u0002';
+  }
+  return key;
 }
 
 function clear(bits: Uint32Array, id: number): boolean {
@@ -41,43 +129,174 @@ function clear(bits: Uint32Array, id: number): boolean {
   return true;
 }
 
-/** Computes the request's eligible set. */
+/** Computes the request's eligible set. Its `bits` may be shared with other requests: read-only. */
 export class Eligibility implements Stage<void, EligibleSet> {
   readonly name = 'Eligibility';
+  /** Cached matches of the current data epoch, least recently used first (Map order). */
+  private readonly cache = new Map<string, CachedMatch>();
+  /** Matches under way, by signature (concurrent misses of one signature share one native call). */
+  private readonly pending = new Map<string, PendingMatch>();
+  private cacheBytes = 0;
+  /** The data epoch the cache holds: the servable array and the ad table's epoch. */
+  private epochBits: Uint32Array | null = null;
+  private epochAds = -1;
+  /** Words of an answer in this epoch. */
+  private epochWords = 1;
+  private readonly maxEntries: number;
+  private readonly maxBytes: number;
+  /** Counters, for tests and diagnostics. */
+  readonly stats = { hits: 0, misses: 0, shared: 0, evictions: 0 };
+
   constructor(
     private readonly source: EligibilitySource,
     private readonly pool: BitsetPool,
-    /** Receives each buffer handed out, to release it when the request is over. */
+    /** Receives each buffer handed out, to release it (pool.release) when the request is over. */
     private readonly onBuffer: (ctx: StageContext, buf: Uint32Array) => void,
-  ) {}
+    options: EligibilityCacheOptions = {},
+  ) {
+    this.maxEntries = Math.max(0, options.maxEntries ?? DEFAULT_MAX_ENTRIES);
+    this.maxBytes = Math.max(0, options.maxBytes ?? DEFAULT_MAX_BYTES);
+  }
 
-  async run(ctx: StageContext): Promise<EligibleSet> {
-    const { targeting, ads } = this.source;
+  /** Cached signatures (current epoch) and their bytes. */
+  get cacheSize(): { entries: number; bytes: number } {
+    return { entries: this.cache.size, bytes: this.cacheBytes };
+  }
+
+  run(ctx: StageContext): EligibleSet | Promise<EligibleSet> {
     const servable = this.source.servable;
-    const words = Math.ceil(Math.max(targeting.capacity, servable.bits.length * 32, 32) / 32);
+    const ads = this.source.ads;
+    if (servable.bits !== this.epochBits || ads.epoch !== this.epochAds) this.newEpoch(servable.bits, ads.epoch);
+    const words = this.epochWords;
+    const key = this.maxEntries > 0 && words * 4 <= this.maxBytes ? attributeSignature(ctx.query.attributes) : null;
+    if (key === null) return this.matchUncached(ctx, words, servable);
+    const hit = this.cache.get(key);
+    if (hit !== undefined) {
+      this.stats.hits++;
+      // Most recently used goes last.
+      this.cache.delete(key);
+      this.cache.set(key, hit);
+      ctx.note('cache', 'hit');
+      return this.finish(ctx, hit, servable.count);
+    }
+    let group = this.pending.get(key);
+    if (group !== undefined) {
+      this.stats.shared++;
+      ctx.note('cache', 'shared');
+      group.users++;
+    } else {
+      this.stats.misses++;
+      ctx.note('cache', 'miss');
+      group = this.startMatch(key, ctx.query.attributes, words, servable.bits);
+    }
+    const g = group;
+    return g.match.then((m) => {
+      try {
+        return this.finish(ctx, m, servable.count);
+      } finally {
+        // The match's own lease goes back once every request that waited on it holds its own.
+        if (--g.users === 0) this.pool.release(m.bits);
+      }
+    });
+  }
+
+  /** Starts the native match of `key` on the thread pool; caches its answer when the data epoch still holds. */
+  private startMatch(key: string, attrs: RequestAttributes, words: number, within: Uint32Array): PendingMatch {
+    const epochBits = this.epochBits;
+    const epochAds = this.epochAds;
     const out = this.pool.acquire(words);
-    this.onBuffer(ctx, out);
-    const attrs: RequestAttributes = ctx.query.attributes;
     // Taken before the match: an ad set or removed while it runs (an id reused by a new ad,
     // changed targeting) is later dropped by Filters instead of trusted with a stale bit.
-    const epoch = ads.epoch;
-    const m = await targeting.matchAsync(attrs, { within: servable.bits, out });
+    const epoch = this.source.ads.epoch;
+    const group: PendingMatch = { users: 1, match: undefined as unknown as Promise<CachedMatch> };
+    group.match = this.source.targeting.matchAsync(attrs, { within, out }).then(
+      (r) => {
+        if (this.pending.get(key) === group) this.pending.delete(key);
+        const m: CachedMatch = { bits: r.bits, count: r.count, epoch };
+        // Cached only when the data did not change meanwhile (and no newer epoch replaced the cache).
+        const live = this.source.servable.bits === epochBits && this.source.ads.epoch === epochAds;
+        if (live && this.epochBits === epochBits && this.epochAds === epochAds && !this.cache.has(key)) this.insert(key, m);
+        return m;
+      },
+      (err: unknown) => {
+        if (this.pending.get(key) === group) this.pending.delete(key);
+        this.pool.release(out);
+        throw err;
+      },
+    );
+    this.pending.set(key, group);
+    return group;
+  }
+
+  /** The uncached path (cache off, a signature the index would refuse, or one answer larger than the whole cache). */
+  private async matchUncached(ctx: StageContext, words: number, servable: { bits: Uint32Array; count: number }): Promise<EligibleSet> {
+    const out = this.pool.acquire(words);
+    this.onBuffer(ctx, out);
+    const epoch = this.source.ads.epoch;
+    const m = await this.source.targeting.matchAsync(ctx.query.attributes, { within: servable.bits, out });
+    return this.exclude(ctx, m.bits, m.count, epoch, servable.count);
+  }
+
+  /** The request's set from a (shared, read-only) match: the match itself when nothing is excluded, else a leased copy less the exclusions. */
+  private finish(ctx: StageContext, m: CachedMatch, servableCount: number): EligibleSet {
+    const q = ctx.query;
+    if (q.excludeAdIds.size === 0 && q.excludeAdvertiserIds.size === 0 && q.blockedCategories.size === 0) {
+      this.pool.retain(m.bits);
+      this.onBuffer(ctx, m.bits);
+      return this.exclude(ctx, m.bits, m.count, m.epoch, servableCount);
+    }
+    const own = this.pool.acquire(m.bits.length);
+    this.onBuffer(ctx, own);
+    own.set(m.bits);
+    if (own.length > m.bits.length) own.fill(0, m.bits.length);
+    return this.exclude(ctx, own, m.count, m.epoch, servableCount);
+  }
+
+  /** Clears the request's exclusions in `bits` (a buffer of its own when any are set), notes and counts. */
+  private exclude(ctx: StageContext, bits: Uint32Array, matched: number, epoch: number, servableCount: number): EligibleSet {
+    const ads = this.source.ads;
     const q = ctx.query;
     let excludedAds = 0;
     let excludedAdvertisers = 0;
     let blocked = 0;
-    for (const adId of q.excludeAdIds) if (clear(m.bits, ads.idOf(adId))) excludedAds++;
-    for (const adv of q.excludeAdvertiserIds) for (const id of ads.idsOfAdvertiser(adv)) if (clear(m.bits, id)) excludedAdvertisers++;
-    for (const cat of q.blockedCategories) for (const id of ads.idsOfCategory(cat)) if (clear(m.bits, id)) blocked++;
-    ctx.note('servable', servable.count);
-    ctx.note('matched', m.count);
+    for (const adId of q.excludeAdIds) if (clear(bits, ads.idOf(adId))) excludedAds++;
+    for (const adv of q.excludeAdvertiserIds) for (const id of ads.idsOfAdvertiser(adv)) if (clear(bits, id)) excludedAdvertisers++;
+    for (const cat of q.blockedCategories) for (const id of ads.idsOfCategory(cat)) if (clear(bits, id)) blocked++;
+    ctx.note('servable', servableCount);
+    ctx.note('matched', matched);
     // Removed from the catalog, in the order Explain names reasons: not servable (paused, out of
     // flight, over budget), then targeting, then each exclusion.
-    ctx.drop('not_servable', Math.max(0, ads.size - servable.count));
-    ctx.drop('targeting', Math.max(0, servable.count - m.count));
+    ctx.drop('not_servable', Math.max(0, ads.size - servableCount));
+    ctx.drop('targeting', Math.max(0, servableCount - matched));
     ctx.drop('excluded_ad', excludedAds);
     ctx.drop('excluded_advertiser', excludedAdvertisers);
     ctx.drop('blocked_category', blocked);
-    return { bits: m.bits, count: m.count - excludedAds - excludedAdvertisers - blocked, epoch };
+    return { bits, count: matched - excludedAds - excludedAdvertisers - blocked, epoch };
+  }
+
+  /** Drops every cached match: the data changed. */
+  private newEpoch(bits: Uint32Array, adsEpoch: number): void {
+    for (const m of this.cache.values()) this.pool.release(m.bits);
+    this.cache.clear();
+    this.pending.clear();
+    this.cacheBytes = 0;
+    this.epochBits = bits;
+    this.epochAds = adsEpoch;
+    // The index grows only with the table (set() moves its epoch): one read per epoch.
+    this.epochWords = Math.ceil(Math.max(this.source.targeting.capacity, bits.length * 32, 32) / 32);
+  }
+
+  private insert(key: string, m: CachedMatch): void {
+    const bytes = m.bits.byteLength;
+    while (this.cache.size > 0 && (this.cache.size >= this.maxEntries || this.cacheBytes + bytes > this.maxBytes)) {
+      const [oldKey, old] = this.cache.entries().next().value as [string, CachedMatch];
+      this.cache.delete(oldKey);
+      this.cacheBytes -= old.bits.byteLength;
+      this.pool.release(old.bits);
+      this.stats.evictions++;
+    }
+    this.pool.retain(m.bits);
+    this.cache.set(key, m);
+    this.cacheBytes += bytes;
   }
 }

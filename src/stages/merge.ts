@@ -14,6 +14,7 @@ const PACK_RANKS = 2 ** 27;
 /** De-duplicates the sourcing lists by id: sources OR'ed, annScore the largest non-NaN, sourceRank the minimum; ordered by sourceRank ascending, ties by list order then first sighting. */
 export class Merge implements Stage<Candidate[][], Candidate[]> {
   readonly name = 'Merge';
+  private keys = new Float64Array(256);
 
   run(ctx: StageContext, lists: Candidate[][]): Candidate[] {
     const at = new Map<number, number>();
@@ -61,7 +62,9 @@ export class Merge implements Stage<Candidate[][], Candidate[]> {
     // The usual case (integer ranks, few lists) sorts packed numeric keys natively, with no
     // comparator calls; any other input falls back to a comparator sort with the same order.
     if (n <= PACK_SEEN && lists.length <= PACK_LISTS) {
-      const keys = new Float64Array(n);
+      // Reused scratch (run() is synchronous): a request allocates no key array.
+      if (this.keys.length < n) this.keys = new Float64Array(Math.max(n, 2 * this.keys.length));
+      const keys = this.keys.subarray(0, n);
       let packed = true;
       for (let i = 0; i < n; i++) {
         const r = merged[i].sourceRank;

@@ -96,6 +96,38 @@ describe('Funnel', () => {
     assert.ok((t.detail.scored as number) <= elig.candidatesOut);
   });
 
+  it('when requests repeat their attributes, then Eligibility answers from its cache until an Admin write, and the write is seen at once', async () => {
+    const funnel = new Funnel(state);
+    const pipeline = pipelineSchema.parse({});
+    funnel.prepare({ ...defaultConfig(), pipelines: { default: pipeline } });
+    const go = (q: Parameters<typeof query>[0] = {}) =>
+      funnel.run(query({ attributes: { country: ['US'] }, embedding: Float32Array.from({ length: 8 }, (_, i) => Math.cos(i)), numResults: 10, ...q }), pipeline, Date.now() + 5000, new AbortController().signal);
+    const cacheOf = (r: Awaited<ReturnType<typeof go>>) => r.reports.find((x) => x.name === 'Eligibility')!.detail.cache;
+    const first = await go();
+    assert.equal(cacheOf(first), 'miss');
+    const second = await go();
+    assert.equal(cacheOf(second), 'hit');
+    assert.deepEqual(
+      second.candidates.map((c) => c.id),
+      first.candidates.map((c) => c.id),
+    );
+    const top = state.ads.adId(first.candidates[0].id);
+    const excluded = await go({ excludeAdIds: new Set([top]) });
+    assert.equal(cacheOf(excluded), 'hit');
+    assert.ok(!excluded.candidates.some((c) => state.ads.adId(c.id) === top), 'exclusions apply after the cache');
+    await state.setStatus([top], 'paused');
+    try {
+      const after = await go();
+      assert.equal(cacheOf(after), 'miss');
+      assert.ok(!after.candidates.some((c) => state.ads.adId(c.id) === top), 'the paused ad is gone from the next answer');
+      assert.ok(after.candidates.every((c) => eligible(c.id)));
+    } finally {
+      await state.setStatus([top], 'active');
+    }
+    const back = await go();
+    assert.ok(back.candidates.some((c) => state.ads.adId(c.id) === top));
+  });
+
   it('when Ann is slow past its timeout, then the Targeting walk goes on without it (its own bound) and answers', async () => {
     const r = await run({ Ann: { timeout_ms: 10, fault: { delay_ms: 300 } } });
     assert.deepEqual(r.degradedStages, ['Ann']);

@@ -39,9 +39,55 @@ export function pacingAllows(spendMicros: number, budgetMicros: number, dayFract
   return spendMicros / budgetMicros <= scheduleAt(pacing.curve, dayFraction) + pacing.tolerance;
 }
 
+/**
+ * A set of ids for one run of Filters: open addressing over typed arrays, reused across runs (a
+ * run is synchronous), emptied in O(1) by a generation stamp, so a run allocates nothing.
+ */
+class IdSet {
+  private ids = new Int32Array(256);
+  private gens = new Uint32Array(256);
+  private gen = 1;
+  private mask = 255;
+  /** 32 - log2(size): the product's high bits pick the slot (its low bits depend on the id's low bits alone). */
+  private shift = 24;
+
+  /** Empties the set, sized for `n` ids. */
+  reset(n: number): void {
+    let size = this.ids.length;
+    while (size < 2 * n) size *= 2;
+    if (size !== this.ids.length) {
+      this.ids = new Int32Array(size);
+      this.gens = new Uint32Array(size);
+      this.mask = size - 1;
+      this.shift = Math.clz32(size) + 1;
+      this.gen = 0;
+    }
+    if (++this.gen === 0xffffffff) {
+      this.gens.fill(0);
+      this.gen = 1;
+    }
+  }
+
+  /** Adds `id` (a non-negative integer below 2^31); false when it was there already. */
+  add(id: number): boolean {
+    const mask = this.mask;
+    let i = Math.imul(id, 0x9e3779b1) >>> this.shift;
+    for (;;) {
+      if (this.gens[i] !== this.gen) {
+        this.gens[i] = this.gen;
+        this.ids[i] = id;
+        return true;
+      }
+      if (this.ids[i] === id) return false;
+      i = (i + 1) & mask;
+    }
+  }
+}
+
 /** Keeps, in input order and once each, the candidates that are eligible for the request at ctx.nowMs (present, active, in flight, under budget, in ctx.eligible, not excluded or blocked) and that pacing allows. */
 export class Filters implements Stage<Candidate[], Candidate[]> {
   readonly name = 'Filters';
+  private readonly seen = new IdSet();
 
   run(ctx: StageContext, input: Candidate[]): Candidate[] {
     const out: Candidate[] = [];
@@ -62,7 +108,8 @@ export class Filters implements Stage<Candidate[], Candidate[]> {
     const pacing = ctx.pipeline.stages.Filters.pacing;
     // The schedule is the same for every ad of the request: one interpolation, not one per ad.
     const maxSpendShare = pacing.enabled ? scheduleAt(pacing.curve, dayFractionAt(now)) + pacing.tolerance : Infinity;
-    const seen = new Set<number>();
+    const seen = this.seen;
+    seen.reset(input.length);
     let ineligible = 0;
     let duplicate = 0;
     let paced = 0;
@@ -85,11 +132,10 @@ export class Filters implements Stage<Candidate[], Candidate[]> {
         ineligible++;
         continue;
       }
-      if (seen.has(id)) {
+      if (!seen.add(id)) {
         duplicate++;
         continue;
       }
-      seen.add(id);
       const budget = ads.budgetMicros(id);
       if (budget > 0 && budget !== Infinity && ads.spendToday(id, now) / budget > maxSpendShare) {
         paced++;

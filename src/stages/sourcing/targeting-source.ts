@@ -71,18 +71,37 @@ export function dynamicBound(w: EarlyRankerStageConfig['weights'], sim: readonly
   return Number.isNaN(t) ? Infinity : t;
 }
 
-/** The best k of (key, id, extra) triples by key descending, ties by id ascending: a binary min-heap (root = the worst kept) over parallel typed arrays. */
+/** The best k of (key, id, extra) triples by key descending, ties by id ascending: a binary min-heap (root = the worst kept) over parallel typed arrays, reusable (reset) so that a request allocates none. */
 export class TopK {
-  private readonly keys: Float64Array;
-  private readonly ids: Int32Array;
-  private readonly extras: Float64Array;
+  private keys: Float64Array;
+  private ids: Int32Array;
+  private extras: Float64Array;
   /** Entries held (at most k). */
   size = 0;
+  private k_: number;
 
-  constructor(readonly k: number) {
+  constructor(k: number) {
+    this.k_ = k;
     this.keys = new Float64Array(k);
     this.ids = new Int32Array(k);
     this.extras = new Float64Array(k);
+  }
+
+  /** How many entries are kept. */
+  get k(): number {
+    return this.k_;
+  }
+
+  /** Empties the heap and sets how many it keeps. */
+  reset(k: number): void {
+    if (this.keys.length < k) {
+      const n = Math.max(k, this.keys.length * 2);
+      this.keys = new Float64Array(n);
+      this.ids = new Int32Array(n);
+      this.extras = new Float64Array(n);
+    }
+    this.k_ = k;
+    this.size = 0;
   }
 
   /** The worst key held (meaningful once size > 0). */
@@ -111,7 +130,7 @@ export class TopK {
 
   /** Offers a triple; kept when fewer than k are held or it beats the worst. */
   push(key: number, id: number, extra = 0): void {
-    if (this.size < this.k) {
+    if (this.size < this.k_) {
       const at = this.size++;
       this.keys[at] = key;
       this.ids[at] = id;
@@ -124,7 +143,7 @@ export class TopK {
       }
       return;
     }
-    if (this.k === 0 || !(key > this.keys[0] || (key === this.keys[0] && id < this.ids[0]))) return;
+    if (this.k_ === 0 || !(key > this.keys[0] || (key === this.keys[0] && id < this.ids[0]))) return;
     this.keys[0] = key;
     this.ids[0] = id;
     this.extras[0] = extra;
@@ -137,6 +156,32 @@ export class TopK {
       this.swap(i, m);
       i = m;
     }
+  }
+
+  /** Empties the heap into `ids` and `extras` (at least `size` long), best first; returns how many. */
+  drain(ids: Int32Array, extras: Float64Array): number {
+    const n = this.size;
+    // Popping the root (the worst) fills the answer from its end.
+    for (let at = n - 1; at >= 0; at--) {
+      ids[at] = this.ids[0];
+      extras[at] = this.extras[0];
+      const last = --this.size;
+      if (last === 0) break;
+      this.keys[0] = this.keys[last];
+      this.ids[0] = this.ids[last];
+      this.extras[0] = this.extras[last];
+      for (let i = 0; ; ) {
+        const l = 2 * i + 1;
+        let m = i;
+        if (l < last && this.worse(l, m)) m = l;
+        if (l + 1 < last && this.worse(l + 1, m)) m = l + 1;
+        if (m === i) break;
+        this.swap(i, m);
+        i = m;
+      }
+    }
+    this.size = 0;
+    return n;
   }
 
   /** The held entries, best first: ids and their extras. */
@@ -168,6 +213,13 @@ export class TargetingSource implements Stage<void, Candidate[]> {
   // one array serves every request without clearing.
   private stamp = new Uint32Array(0);
   private walks = 0;
+  // Scratch of the walk, reused by every request (a walk runs to its end without yielding): ids
+  // and vector rows of a round, the heap, and its drained answer.
+  private readonly batchIds = new Uint32Array(2 * ROUND);
+  private rows = new Float32Array(0);
+  private readonly top = new TopK(0);
+  private bestIds = new Int32Array(0);
+  private bestSims = new Float64Array(0);
   constructor(
     private readonly ads: AdTable,
     private readonly orders: PriorOrder,
@@ -252,11 +304,13 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     let annRefuted = false;
     const dim = vectors?.dim ?? 0;
     const gather = query !== null && vectors !== null && vectors.gather ? vectors.gather.bind(vectors) : null;
-    const batchIds = new Uint32Array(2 * ROUND);
-    const rows = new Float32Array(gather ? 2 * ROUND * dim : 0);
+    const batchIds = this.batchIds;
+    if (gather && this.rows.length < 2 * ROUND * dim) this.rows = new Float32Array(2 * ROUND * dim);
+    const rows = this.rows;
     const now = ctx.nowMs;
     // Top k by score, with each one's similarity.
-    const top = new TopK(k);
+    const top = this.top;
+    top.reset(k);
     if (this.stamp.length < ads.capacity) this.stamp = new Uint32Array(Math.max(ads.capacity, this.stamp.length * 2));
     if (++this.walks === 0xffffffff) {
       this.stamp.fill(0);
@@ -356,8 +410,16 @@ export class TargetingSource implements Stage<void, Candidate[]> {
     if (annRefuted) ctx.note('ann_bound', 'refuted');
     if (pb < bidOrder.length) ctx.note('next_bid', ads.bidMicros(bidOrder[pb]));
     if (pk < keyOrder.length) ctx.note('next_key', Number(keys[keyOrder[pk]].toFixed(4)));
-    const best = top.sorted();
+    if (this.bestIds.length < top.size) {
+      this.bestIds = new Int32Array(Math.max(top.size, 2 * this.bestIds.length));
+      this.bestSims = new Float64Array(this.bestIds.length);
+    }
+    const ids = this.bestIds;
+    const sims = this.bestSims;
+    const n = top.drain(ids, sims);
+    const out: Candidate[] = new Array(n);
     // The walk's similarity goes on as annScore: the EarlyRanker need not read the vector again.
-    return best.ids.map((id, r) => ({ id, sources: SOURCE_BIT.Targeting, annScore: query === null ? NaN : best.extras[r], sourceRank: r, score: NaN }));
+    for (let r = 0; r < n; r++) out[r] = { id: ids[r], sources: SOURCE_BIT.Targeting, annScore: query === null ? NaN : sims[r], sourceRank: r, score: NaN };
+    return out;
   }
 }
