@@ -21,6 +21,8 @@ export interface DemoCommandOptions {
   /** As funnel serve's --request-log / --request-log-sample. */
   requestLog?: string;
   requestLogSample?: number;
+  /** As funnel serve's --workers; default 1 here (one process to watch while trying things). */
+  workers?: number;
 }
 
 async function buildDemo(dir: string, ads: number): Promise<number> {
@@ -61,6 +63,7 @@ export async function runDemo(opts: DemoCommandOptions): Promise<number> {
       drainTimeoutMs: 10_000,
       requestLog: opts.requestLog,
       requestLogSample: opts.requestLogSample,
+      workers: opts.workers ?? 1,
     },
     {
       banner: (r) => {

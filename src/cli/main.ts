@@ -137,6 +137,7 @@ export function buildProgram(): Command {
     .option('--metrics-port <n>', 'port of the Prometheus /metrics endpoint (0 = off)', port, 9464)
     .option('--request-log <dir>', 'write a sampled log of Retrieve requests here (as funnel serve)')
     .option('--request-log-sample <r>', 'share of Retrieves logged, 0..1 (default 0.01; needs --request-log)', fraction('--request-log-sample'))
+    .option('--workers <n>', 'serving processes (as funnel serve; default 1 for the demo)', positiveInt('--workers', 1024))
     .action(async (opts) => {
       process.exitCode = await runDemo(opts);
     });
