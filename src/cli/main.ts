@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The `funnel` command line (CONTRACT section 3).
- * Exit codes: 0 success; 1 bad input data (catalog rows); 2 bad usage; 3 data directory or I/O problem.
+ * Exit codes: 0 success; 1 bad input data (catalog rows, example lines); 2 bad usage; 3 data directory or I/O problem.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { runIngest } from './ingest-command';
@@ -12,6 +12,7 @@ import { parseAdIds, runExplain } from './explain-command';
 import { runDemo } from './demo-command';
 import { runConfigPrint, runConfigValidate } from './config-command';
 import { runEval } from './eval-command';
+import { addTrainRankerCommand } from './train-command';
 
 /** Exit codes of the command line. */
 export const EXIT = { ok: 0, badData: 1, usage: 2, dataDir: 3 } as const;
@@ -155,6 +156,7 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       process.exitCode = await runEval(opts);
     });
+  addTrainRankerCommand(program);
   const config = program.command('config').description('check and show stage configs');
   config
     .command('validate')
