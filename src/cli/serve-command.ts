@@ -85,7 +85,10 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
   } catch (err) {
     // Bad data directory, bad config, port taken, index load failure: all exit 3 with the reason.
     process.stderr.write(`funnel serve: ${(err as Error).message}\n`);
-    link?.leave();
+    if (link) {
+      process.exitCode = 3;
+      link.leave();
+    }
     return 3;
   }
   const { state } = running;
