@@ -13,6 +13,7 @@ import { FunnelServer, type ServerHooks, type TlsOptions } from './grpc/server';
 import { ServingState, type StateOptions } from './serving/state';
 import { Metrics, serveMetrics, type MetricsServer } from './telemetry/metrics';
 import { RequestLog } from './telemetry/request-log';
+import { FeatureLog } from './telemetry/feature-log';
 import { initTracing, type Tracing, type TracingOptions } from './telemetry/tracing';
 
 /** What start() needs. */
@@ -36,6 +37,8 @@ export interface StartOptions {
   watchConfig?: boolean;
   /** Log this share (0..1) of answered Retrieves to `dir` as JSON Lines (`--request-log`). */
   requestLog?: { dir: string; sample: number };
+  /** Log the EarlyRanker features of sampled Retrieves to `dir` as JSON Lines (`--feature-log`; shares from config `feature_log`). */
+  featureLog?: { dir: string; maxFileBytes?: number; maxFiles?: number; maxQueueBytes?: number };
   /** How the state shares its data directory with other processes (`--workers`). */
   stateOptions?: StateOptions;
   /**
@@ -58,9 +61,11 @@ export interface Running {
   log: Logger;
   /** The request log, when `requestLog` was given. */
   requestLog?: RequestLog;
+  /** The feature log, when `featureLog` was given. */
+  featureLog?: FeatureLog;
   /** Re-reads the config file now (what SIGHUP does); resolves to what happened. */
   reloadConfig(): Promise<ReloadOutcome>;
-  /** Drains in-flight calls, flushes the request log, checkpoints the ANN index, flushes traces, closes the store. */
+  /** Drains in-flight calls, flushes the request and feature logs, checkpoints the ANN index, flushes traces, closes the store. */
   stop(): Promise<void>;
 }
 
@@ -110,6 +115,16 @@ export async function start(options: StartOptions): Promise<Running> {
       throw new Error(`request log ${options.requestLog.dir}: ${(err as Error).message}`);
     }
   }
+  let featureLog: FeatureLog | undefined;
+  if (options.featureLog) {
+    try {
+      featureLog = new FeatureLog({ ...options.featureLog, logger: log, onCount: (result, n) => metrics.featureLogLines(result, n) });
+    } catch (err) {
+      await requestLog?.close();
+      await tracing.shutdown().catch(() => undefined);
+      throw new Error(`feature log ${options.featureLog.dir}: ${(err as Error).message}`);
+    }
+  }
   const server = new FunnelServer(
     config,
     {
@@ -121,7 +136,7 @@ export async function start(options: StartOptions): Promise<Running> {
     },
     log,
     options.hooks,
-    { metrics, tracer: tracing.tracer, requestLog },
+    { metrics, tracer: tracing.tracer, requestLog, featureLog },
   );
   metrics.attach({
     inFlight: () => server.inFlightCount,
@@ -152,6 +167,7 @@ export async function start(options: StartOptions): Promise<Running> {
     server.forceStop();
     await metricsServer?.close();
     await requestLog?.close();
+    await featureLog?.close();
     await tracing.shutdown().catch(() => undefined);
     throw err;
   }
@@ -183,6 +199,7 @@ export async function start(options: StartOptions): Promise<Running> {
     tracing,
     log,
     requestLog,
+    featureLog,
     reloadConfig: () =>
       watcher
         ? watcher.reload()
@@ -193,6 +210,7 @@ export async function start(options: StartOptions): Promise<Running> {
         await server.drain();
         // Every answered Retrieve has been recorded once the drain is over.
         await requestLog?.close();
+        await featureLog?.close();
         await state.close();
         await metricsServer?.close();
         // A collector that is down must not turn a clean drain into a failed exit.

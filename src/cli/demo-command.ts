@@ -23,6 +23,8 @@ export interface DemoCommandOptions {
   requestLogSample?: number;
   /** As funnel serve's --workers; default 1 here (one process to watch while trying things). */
   workers?: number;
+  /** As funnel serve's --feature-log. */
+  featureLog?: string;
 }
 
 async function buildDemo(dir: string, ads: number): Promise<number> {
@@ -64,6 +66,7 @@ export async function runDemo(opts: DemoCommandOptions): Promise<number> {
       requestLog: opts.requestLog,
       requestLogSample: opts.requestLogSample,
       workers: opts.workers ?? 1,
+      featureLog: opts.featureLog,
     },
     {
       banner: (r) => {

@@ -13,6 +13,7 @@ import { runDemo } from './demo-command';
 import { runConfigPrint, runConfigValidate } from './config-command';
 import { runEval } from './eval-command';
 import { addTrainRankerCommand } from './train-command';
+import { runExamples } from './examples-command';
 
 /** Exit codes of the command line. */
 export const EXIT = { ok: 0, badData: 1, usage: 2, dataDir: 3 } as const;
@@ -97,6 +98,7 @@ export function buildProgram(): Command {
     .option('--drain-timeout-ms <n>', 'longest SIGTERM waits for in-flight calls', positiveInt('--drain-timeout-ms', 3_600_000), 10_000)
     .option('--request-log <dir>', 'write a sampled log of Retrieve requests here (JSON Lines, rotated) for funnel eval')
     .option('--request-log-sample <r>', 'share of Retrieves logged, 0..1 (default 0.01; needs --request-log)', fraction('--request-log-sample'))
+    .option('--feature-log <dir>', "write the EarlyRanker's features of sampled Retrieves here (JSON Lines, rotated; shares: config feature_log) for funnel examples")
     .option('--workers <n>', `serving processes on the port over the data directory (default: the available cores, ${defaultWorkers()} here; 1 = a single process)`, positiveInt('--workers', 1024))
     .action(async (opts) => {
       process.exitCode = await runServe(opts);
@@ -139,6 +141,7 @@ export function buildProgram(): Command {
     .option('--request-log <dir>', 'write a sampled log of Retrieve requests here (as funnel serve)')
     .option('--request-log-sample <r>', 'share of Retrieves logged, 0..1 (default 0.01; needs --request-log)', fraction('--request-log-sample'))
     .option('--workers <n>', 'serving processes (as funnel serve; default 1 for the demo)', positiveInt('--workers', 1024))
+    .option('--feature-log <dir>', "write the EarlyRanker's features of sampled Retrieves here (as funnel serve)")
     .action(async (opts) => {
       process.exitCode = await runDemo(opts);
     });
@@ -157,6 +160,15 @@ export function buildProgram(): Command {
       process.exitCode = await runEval(opts);
     });
   addTrainRankerCommand(program);
+  program
+    .command('examples')
+    .description('labelled training examples: feature-log rows (funnel serve --feature-log) joined with events on (request_id, ad_id); JSON Lines')
+    .requiredOption('--log <path>', 'feature-log directory (its features-*.jsonl files), or one such file')
+    .requiredOption('--events <file>', 'JSON Lines of events: {"ad_id","type":"IMPRESSION"|"CLICK","timestamp_ms","request_id"}')
+    .requiredOption('--out <file>', 'where the examples go (- for stdout); written beside itself and renamed once complete')
+    .action(async (opts) => {
+      process.exitCode = await runExamples(opts);
+    });
   const config = program.command('config').description('check and show stage configs');
   config
     .command('validate')

@@ -5,6 +5,7 @@
  */
 import cluster from 'node:cluster';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { runPrimary } from '../cluster/primary';
 import { joinPrimary, type WorkerLink } from '../cluster/worker';
 import { defaultLogger, start, type Running } from '../main';
@@ -26,6 +27,8 @@ export interface ServeCommandOptions {
   requestLog?: string;
   /** Share of Retrieves logged, 0..1 (default 0.01 with requestLog). */
   requestLogSample?: number;
+  /** Directory of the EarlyRanker feature log; absent = no log (which Retrieves: config `feature_log`). */
+  featureLog?: string;
   /** Serving processes on the port (default: the available cores; 1 = this process serves). */
   workers?: number;
 }
@@ -50,6 +53,11 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
   }
   if (opts.requestLogSample !== undefined && !opts.requestLog) {
     process.stderr.write('funnel serve: --request-log-sample needs --request-log\n');
+    return 2;
+  }
+  if (opts.featureLog && opts.requestLog && path.resolve(opts.featureLog) === path.resolve(opts.requestLog)) {
+    // funnel eval reads every .jsonl file of a request-log directory.
+    process.stderr.write('funnel serve: --feature-log and --request-log need different directories\n');
     return 2;
   }
   const workers = opts.workers ?? defaultWorkers();
@@ -81,6 +89,7 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
       tls: opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey!, clientCa: opts.tlsClientCa } : undefined,
       drainTimeoutMs: opts.drainTimeoutMs,
       requestLog: opts.requestLog ? { dir: opts.requestLog, sample: opts.requestLogSample ?? DEFAULT_REQUEST_LOG_SAMPLE } : undefined,
+      featureLog: opts.featureLog ? { dir: opts.featureLog } : undefined,
     });
   } catch (err) {
     // Bad data directory, bad config, port taken, index load failure: all exit 3 with the reason.

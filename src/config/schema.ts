@@ -240,6 +240,19 @@ export const tracingSchema = z
   })
   .strict();
 
+/** Feature logging (`funnel serve --feature-log DIR`): which Retrieves and which candidates have their EarlyRanker features logged. */
+export const featureLogSchema = z
+  .object({
+    sample: z.number().min(0).max(1).default(0.01).describe('share of Retrieves whose EarlyRanker features are logged (only with --feature-log DIR)'),
+    cut_sample: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0.1)
+      .describe('share of the candidates the EarlyRanker cut (below keep) logged with a sampled Retrieve; every candidate it kept is logged'),
+  })
+  .strict();
+
 /** The whole configuration file. */
 export const configSchema = z
   .object({
@@ -248,6 +261,7 @@ export const configSchema = z
     popularity: popularitySchema.default(() => popularitySchema.parse({})),
     tracing: tracingSchema.default(() => tracingSchema.parse({})),
     checkpoint: checkpointSchema.default(() => checkpointSchema.parse({})),
+    feature_log: featureLogSchema.default(() => featureLogSchema.parse({})),
     default_pipeline: z.string().min(1).default('default'),
     experiments: experimentsSchema.default(() => experimentsSchema.parse({})),
     pipelines: z.record(z.string().min(1), pipelineSchema).default(() => ({ default: pipelineSchema.parse({}) })),
@@ -287,6 +301,7 @@ export type LimitsConfig = z.infer<typeof limitsSchema>;
 export type PopularityConfig = z.infer<typeof popularitySchema>;
 export type TracingConfig = z.infer<typeof tracingSchema>;
 export type CheckpointConfig = z.infer<typeof checkpointSchema>;
+export type FeatureLogConfig = z.infer<typeof featureLogSchema>;
 export type AnnStageConfig = z.infer<typeof annStageSchema>;
 export type TargetingStageConfig = z.infer<typeof targetingStageSchema>;
 export type PopularityStageConfig = z.infer<typeof popularityStageSchema>;

@@ -13,6 +13,7 @@ import type { Logger } from 'pino';
 import { route } from '../config/experiments';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestLog } from '../telemetry/request-log';
+import type { FeatureLog } from '../telemetry/feature-log';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
 import { extractContext } from '../telemetry/tracing';
 import type { Config } from '../config/schema';
@@ -53,6 +54,8 @@ export interface ServerTelemetry {
   tracer?: RequestTracer | null;
   /** Sampled log of answered Retrieves (`--request-log`). */
   requestLog?: RequestLog;
+  /** EarlyRanker features of sampled Retrieves (`--feature-log`); the funnel samples (config `feature_log`). */
+  featureLog?: FeatureLog;
 }
 
 /** Extra hooks (tests, benchmarks). */
@@ -159,7 +162,7 @@ export class FunnelServer {
   /** Serves `state` from now on and marks the services SERVING. */
   attach(state: ServingState): void {
     state.configure(this.config_);
-    const funnel = new Funnel(state, this.hooks.observer);
+    const funnel = new Funnel(state, this.hooks.observer, this.telemetry.featureLog ?? null);
     funnel.prepare(this.config_);
     this.state_ = state;
     this.funnel_ = funnel;
@@ -509,6 +512,8 @@ export class FunnelServer {
       if (!Number.isSafeInteger(t) || t < 0) throw invalid(`events[${i}].timestamp_ms`, 'must be epoch milliseconds >= 0');
       if (t > now + 86_400_000) throw invalid(`events[${i}].timestamp_ms`, 'is more than a day in the future');
       const attributes = checkAttributes(`events[${i}].attributes`, e.attributes, limits);
+      // request_id (the Retrieve that showed the ad) is for the team's own event stream to join with the feature log: checked, not stored.
+      if ((e.request_id ?? '').length > limits.max_string_bytes) throw invalid(`events[${i}].request_id`, `is longer than ${limits.max_string_bytes} characters`);
       return { ad_id: adId, type: e.type as 'IMPRESSION' | 'CLICK', timestamp_ms: t === 0 ? now : t, attributes };
     });
     const r = await this.state.recordEvents(checked);
@@ -538,6 +543,7 @@ interface EventMessage {
   type?: string;
   timestamp_ms?: string;
   attributes?: Record<string, { values?: string[] }>;
+  request_id?: string;
 }
 
 /** Explain's request as proto-loader decodes it. */

@@ -4,7 +4,8 @@
  * or runs out of time is dropped and named in `degradedStages`; Filters fail closed (no
  * candidates), so no failure can break the eligibility invariant.
  */
-import type { Config, PipelineConfig } from '../config/schema';
+import { randomUUID } from 'node:crypto';
+import type { Config, FeatureLogConfig, PipelineConfig } from '../config/schema';
 import type { ServingState } from '../serving/state';
 import { BitsetPool, Eligibility } from '../stages/eligibility';
 import { Merge } from '../stages/merge';
@@ -15,6 +16,7 @@ import { AnnSource } from '../stages/sourcing/ann-source';
 import { rankerOrderKey, TargetingSource } from '../stages/sourcing/targeting-source';
 import { BID_ORDER, priorKey } from '../serving/prior-order';
 import { PopularitySource } from '../stages/sourcing/popularity-source';
+import { captureFeatures, modelVersion, type FeatureRowSink } from './feature-capture';
 import { NO_OBSERVER, runStage, skippedReport, type ContextBase, type RunResult, type StageObserver } from './run-stage';
 import type { Candidate, EligibleSet, RetrieveQuery, Stage, StageContext, StageReport } from './types';
 
@@ -62,10 +64,15 @@ export class Funnel {
   private readonly filters = new Filters();
   private readonly ranker = new EarlyRanker();
   private readonly diversifier = new Diversifier();
+  /** The prepared config's version and feature_log section (what a request starting now runs under). */
+  private configVersion = 'builtin';
+  private featureLogConfig: FeatureLogConfig = { sample: 0, cut_sample: 0 };
 
+  /** `featureLog`: where the EarlyRanker features of sampled requests go (`--feature-log`); null = none. */
   constructor(
     private readonly state: ServingState,
     private readonly observer: StageObserver = NO_OBSERVER,
+    private readonly featureLog: FeatureRowSink | null = null,
   ) {
     this.eligibility = new Eligibility(state, this.pool, (ctx, buf) => {
       const key = ctx.query as object;
@@ -87,11 +94,15 @@ export class Funnel {
     );
     for (const e of used) this.state.priorOrder.get(e);
     this.state.priorOrder.retain(used);
+    this.configVersion = config.version;
+    this.featureLogConfig = config.feature_log;
   }
 
   /**
    * Runs one request. `deadlineMs` is an absolute epoch-ms deadline bounding every stage.
    * Never throws for a stage failure; the caller decides what a passed deadline means.
+   * A query without a requestId gets one here (a UUID), so its response and its feature-log rows
+   * name the same request.
    */
   async run(
     query: RetrieveQuery,
@@ -102,6 +113,21 @@ export class Funnel {
     traced = false,
   ): Promise<FunnelResult> {
     const nowMs = Date.now();
+    if (query.requestId === '') query.requestId = randomUUID();
+    // Drawn at the start: the sample and the model version are those of the config the request
+    // began with. Traced runs (Explain, funnel eval) show nobody anything: never logged.
+    const flog = this.featureLog;
+    const flc = this.featureLogConfig;
+    const capture =
+      flog !== null && !traced && flc.sample > 0 && Math.random() < flc.sample
+        ? captureFeatures(flog, this.state.ads, {
+            requestId: query.requestId,
+            pipeline: query.pipeline,
+            modelVersion: modelVersion(this.configVersion, pipeline),
+            timeMs: nowMs,
+            cutSample: flc.cut_sample,
+          })
+        : undefined;
     const reports: StageReport[] = [];
     const degraded: string[] = [];
     const pending: Promise<void>[] = [];
@@ -186,7 +212,7 @@ export class Funnel {
         trace.filtered = kept;
       }
       const ranked = record(
-        await runStage(this.ranker, base, kept, { timeoutMs: stages.EarlyRanker.timeout_ms, fault: stages.EarlyRanker.fault }, observer, signal),
+        await runStage(this.ranker, capture ? { ...base, rankedFeatures: capture } : base, kept, { timeoutMs: stages.EarlyRanker.timeout_ms, fault: stages.EarlyRanker.fault }, observer, signal),
       );
       const rankedList = ranked.ok ? ranked.value : fallbackRank(this.state, kept, stages.EarlyRanker.keep);
       const diversified = record(

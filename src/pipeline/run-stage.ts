@@ -85,6 +85,7 @@ class RunContext implements StageContext {
   readonly nowMs: number;
   readonly eligible: StageContext['eligible'];
   readonly sourced: StageContext['sourced'];
+  readonly rankedFeatures: StageContext['rankedFeatures'];
   readonly detail: Record<string, string | number | boolean> = {};
   readonly dropped: Record<string, number> = {};
   readonly note: StageContext['note'];
@@ -104,6 +105,7 @@ class RunContext implements StageContext {
     this.nowMs = base.nowMs;
     this.eligible = base.eligible;
     this.sourced = base.sourced;
+    this.rankedFeatures = base.rankedFeatures;
     const detail = this.detail;
     const dropped = this.dropped;
     this.note = (k, v) => {

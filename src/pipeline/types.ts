@@ -6,6 +6,7 @@
 import type { PipelineConfig, PopularityConfig } from '../config/schema';
 import type { AdTable } from '../serving/ad-table';
 import type { Metric } from '../native/index';
+import type { RankerFeatures } from '../stages/ranking/early-ranker';
 
 /** Sourcing stages, and the bit each sets in Candidate.sources. */
 export const SOURCES = ['Ann', 'Targeting', 'Popularity'] as const;
@@ -19,6 +20,7 @@ export function sourceNames(mask: number): string[] {
 
 /** A Retrieve request after validation. */
 export interface RetrieveQuery {
+  /** The request's request_id; the funnel assigns one (a UUID) when the request sent none, and the response carries it. */
   requestId: string;
   userId: string;
   /** Attribute name -> values (own properties only). */
@@ -102,11 +104,21 @@ export interface StageContext {
   readonly eligible: EligibleSet | null;
   /** For a sourcing stage: the lists of the sources that started before it, when they end (null when one failed, timed out or was skipped). Targeting's walk bounds similarity by Ann's. */
   readonly sourced?: Readonly<Partial<Record<SourceName, Promise<Candidate[] | null>>>>;
+  /** Set for the EarlyRanker of a request whose features are logged (`--feature-log`): the ranker hands it what it ranked. */
+  readonly rankedFeatures?: RankedFeaturesSink;
   /** Adds a key=value to the stage's detail (StageStats.detail, span attributes). */
   note(key: string, value: string | number | boolean): void;
   /** Counts `count` candidates this stage removed for `reason` (a reason code README lists; adds up over calls). */
   drop(reason: string, count: number): void;
 }
+
+/**
+ * Receives what the EarlyRanker ranked, for a request whose features are logged: `kept` (its
+ * answer, best first), `ranked` (every candidate it scored, kept ones included, each with its
+ * score) and `featuresOf` (the features it scored a candidate with, computed on demand in the
+ * same synchronous run). Called inside the stage's run; never throws.
+ */
+export type RankedFeaturesSink = (kept: readonly Candidate[], ranked: readonly Candidate[], featuresOf: (c: Candidate) => RankerFeatures) => void;
 
 /** A funnel stage: a name (also its config key) and business logic only. */
 export interface Stage<In, Out> {

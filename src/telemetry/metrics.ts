@@ -33,6 +33,7 @@ export const METRIC_NAMES = [
   'funnel_data_seq',
   'funnel_trace_spans_total',
   'funnel_request_log_lines_total',
+  'funnel_feature_log_lines_total',
 ] as const;
 
 /** Latency buckets, seconds: sub-millisecond stages up to multi-second outliers. */
@@ -66,6 +67,7 @@ export class Metrics {
   private readonly shed: Counter<'reason'>;
   private readonly reloads: Counter<'result'>;
   private readonly requestLog: Record<'written' | 'dropped', ReturnType<Counter['labels']>>;
+  private readonly featureLog: Record<'written' | 'dropped', ReturnType<Counter['labels']>>;
   private source: MetricsSource | undefined;
   private readonly rpcChildren = new Map<string, { requests: ReturnType<Counter['labels']>; duration: ReturnType<Histogram['labels']> }>();
   private readonly stageChildren = new Map<
@@ -101,6 +103,15 @@ export class Metrics {
     this.requestLog = { written: requestLogLines.labels({ result: 'written' }), dropped: requestLogLines.labels({ result: 'dropped' }) };
     this.requestLog.written.inc(0);
     this.requestLog.dropped.inc(0);
+    const featureLogLines = new Counter({
+      name: 'funnel_feature_log_lines_total',
+      help: 'Rows (lines) of the EarlyRanker feature log (--feature-log), by result: written, or dropped (queue full, write failed)',
+      labelNames: ['result'],
+      registers: [r],
+    });
+    this.featureLog = { written: featureLogLines.labels({ result: 'written' }), dropped: featureLogLines.labels({ result: 'dropped' }) };
+    this.featureLog.written.inc(0);
+    this.featureLog.dropped.inc(0);
     const self = this;
     new Gauge({
       name: 'funnel_inflight_requests',
@@ -266,6 +277,11 @@ export class Metrics {
   /** Counts `n` request-log lines written or dropped. */
   requestLogLines(result: 'written' | 'dropped', n: number): void {
     this.requestLog[result].inc(n);
+  }
+
+  /** Counts `n` feature-log rows written or dropped. */
+  featureLogLines(result: 'written' | 'dropped', n: number): void {
+    this.featureLog[result].inc(n);
   }
 
   /** Records a config reload. */

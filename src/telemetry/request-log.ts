@@ -2,21 +2,18 @@
  * The Retrieve request log (`funnel serve --request-log DIR`): a sampled share of Retrieve
  * requests, one JSON line each (`{"time","pipeline","data_seq","request","ad_ids"}`, the request
  * in proto3 JSON), for `funnel eval` to replay. record() runs on the request path: it draws the
- * sample, serialises and queues, and never waits for the disk; one async writer drains the queue
- * through fs.promises (the libuv thread pool), a batch per write, rotating files by size and
- * deleting the oldest beyond a count. Anything that cannot be queued or written is dropped and
- * counted, never thrown.
+ * sample, serialises and queues; the writing, rotation and drop counting are RotatingLog's
+ * (src/telemetry/rotating-log.ts): off the event loop, never waiting for the disk, never throwing.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import type { DecodedRetrieve } from '../grpc/codec';
 import { retrieveFromJson, retrieveToJson } from '../grpc/request-json';
+import { RotatingLog, type LogWarner, type RotatingLogStats } from './rotating-log';
 
 /** What the log warns through (a pino logger fits). */
-export interface RequestLogLogger {
-  warn(obj: object, msg: string): void;
-}
+export type RequestLogLogger = LogWarner;
 
 /** Options of a request log. */
 export interface RequestLogOptions {
@@ -48,71 +45,32 @@ export interface RequestLogEntry {
   adIds: string[];
 }
 
-/** Counters of a request log. */
-export interface RequestLogStats {
-  /** Lines on disk. */
-  written: number;
-  /** Sampled lines lost: queue full, write failed, or recorded after close(). */
-  dropped: number;
-  /** Files this log has created. */
-  files: number;
-  /** Bytes of lines queued or being written. */
-  queuedBytes: number;
-}
-
-const MIB = 1024 * 1024;
-const WARN_INTERVAL_MS = 60_000;
-const FILE_PATTERN = /^requests-.*\.jsonl$/;
-
-/** `requests-<yyyymmddThhmmss.sssZ>-<pid>-<n>.jsonl`: names sort by creation time. */
-function fileName(timeMs: number, n: number): string {
-  const stamp = new Date(timeMs).toISOString().replace(/[-:]/g, '');
-  return `requests-${stamp}-${process.pid}-${String(n).padStart(6, '0')}.jsonl`;
-}
+/** Counters of a request log (`dropped`: sampled lines lost: queue full, write failed, or recorded after close()). */
+export type RequestLogStats = RotatingLogStats;
 
 /** A sampled log of Retrieve requests as JSON Lines, written off the request path. */
 export class RequestLog {
   readonly dir: string;
   private readonly sample: number;
-  private readonly maxFileBytes: number;
-  private readonly maxFiles: number;
-  private readonly maxQueueBytes: number;
-  private readonly logger: RequestLogLogger | undefined;
-  private readonly onCount: RequestLogOptions['onCount'];
-  private lines: string[] = [];
-  private sizes: number[] = [];
-  /** Bytes queued plus bytes of the batch being written. */
-  private pendingBytes = 0;
-  private writer: Promise<void> | null = null;
-  private handle: fs.promises.FileHandle | null = null;
-  private fileBytes = 0;
-  private fileCount = 0;
-  private written = 0;
-  private dropped = 0;
-  private closed = false;
-  private readonly lastWarn = { write: -Infinity, queue: -Infinity };
+  private readonly out: RotatingLog;
 
   constructor(options: RequestLogOptions) {
     if (!(options.sample >= 0 && options.sample <= 1)) throw new Error(`request log: sample must be a number in [0, 1], got ${options.sample}`);
     this.dir = options.dir;
     this.sample = options.sample;
-    this.maxFileBytes = options.maxFileBytes ?? 64 * MIB;
-    this.maxFiles = Math.max(1, options.maxFiles ?? 20);
-    this.maxQueueBytes = options.maxQueueBytes ?? 4 * MIB;
-    this.logger = options.logger;
-    this.onCount = options.onCount;
-    fs.mkdirSync(this.dir, { recursive: true });
+    this.out = new RotatingLog({ ...options, prefix: 'requests', name: 'request log' });
   }
 
   /** Samples, serialises and queues one Retrieve; never throws, never waits (an unsampled call returns at once). */
   record(entry: RequestLogEntry): void {
     if (!(Math.random() < this.sample)) return;
+    if (this.out.closed) {
+      this.out.drop(1);
+      return;
+    }
+    let line: string;
     try {
-      if (this.closed) {
-        this.drop(1);
-        return;
-      }
-      const line =
+      line =
         JSON.stringify({
           time: new Date(entry.timeMs).toISOString(),
           pipeline: entry.pipeline,
@@ -120,155 +78,27 @@ export class RequestLog {
           request: retrieveToJson(entry.request),
           ad_ids: entry.adIds,
         }) + '\n';
-      const bytes = Buffer.byteLength(line);
-      if (this.pendingBytes + bytes > this.maxQueueBytes) {
-        this.drop(1);
-        this.warn('queue', { dir: this.dir, max_queue_bytes: this.maxQueueBytes, dropped: this.dropped }, 'request log: the disk is not keeping up; lines dropped');
-        return;
-      }
-      this.lines.push(line);
-      this.sizes.push(bytes);
-      this.pendingBytes += bytes;
-      this.writer ??= this.drain();
     } catch (err) {
-      this.drop(1);
-      this.warn('write', { dir: this.dir, err: (err as Error)?.message ?? String(err) }, 'request log: a request could not be serialised; line dropped');
+      this.out.drop(1);
+      this.out.warn('serialise', { dir: this.dir, err: (err as Error)?.message ?? String(err) }, 'request log: a request could not be serialised; line dropped');
+      return;
     }
+    this.out.push(line, 1);
   }
 
   /** Counters so far. */
   stats(): RequestLogStats {
-    return { written: this.written, dropped: this.dropped, files: this.fileCount, queuedBytes: this.pendingBytes };
+    return this.out.stats();
   }
 
   /** Resolves once every line recorded so far is written or dropped. Never rejects. */
-  async flush(): Promise<void> {
-    while (this.writer) await this.writer;
+  flush(): Promise<void> {
+    return this.out.flush();
   }
 
   /** Writes what is queued and closes the file; lines recorded afterwards are dropped. Never rejects. */
-  async close(): Promise<void> {
-    this.closed = true;
-    await this.flush();
-    const h = this.handle;
-    this.handle = null;
-    if (h) await h.close().catch(() => undefined);
-  }
-
-  private count(result: 'written' | 'dropped', n: number): void {
-    if (n <= 0) return;
-    if (result === 'written') this.written += n;
-    else this.dropped += n;
-    try {
-      this.onCount?.(result, n);
-    } catch {
-      /* a metrics callback must not break the log */
-    }
-  }
-
-  private drop(n: number): void {
-    this.count('dropped', n);
-  }
-
-  private warn(kind: 'write' | 'queue', obj: object, msg: string): void {
-    const now = Date.now();
-    if (now - this.lastWarn[kind] < WARN_INTERVAL_MS) return;
-    this.lastWarn[kind] = now;
-    try {
-      this.logger?.warn(obj, msg);
-    } catch {
-      /* a logger must not break the log */
-    }
-  }
-
-  /** The single writer: takes every queued line as one batch until the queue is empty. */
-  private async drain(): Promise<void> {
-    try {
-      // Yield first: `writer` is assigned before `finally` can clear it, and lines recorded in the
-      // same tick join the first batch.
-      await null;
-      while (this.lines.length > 0) {
-        const lines = this.lines;
-        const sizes = this.sizes;
-        this.lines = [];
-        this.sizes = [];
-        await this.writeBatch(lines, sizes);
-      }
-    } finally {
-      this.writer = null;
-    }
-  }
-
-  private async writeBatch(lines: string[], sizes: number[]): Promise<void> {
-    let i = 0;
-    try {
-      while (i < lines.length) {
-        await this.ensureFile();
-        let take = 0;
-        let bytes = 0;
-        while (i + take < lines.length) {
-          const b = sizes[i + take];
-          // A line larger than a whole file still gets written, alone in a fresh file.
-          if (this.fileBytes + bytes + b > this.maxFileBytes && this.fileBytes + bytes > 0) break;
-          bytes += b;
-          take++;
-        }
-        if (take === 0) {
-          await this.closeFile();
-          continue;
-        }
-        const buf = Buffer.from(take === lines.length ? lines.join('') : lines.slice(i, i + take).join(''));
-        let off = 0;
-        while (off < buf.length) {
-          const { bytesWritten } = await this.handle!.write(buf, off, buf.length - off, null);
-          off += bytesWritten;
-        }
-        this.fileBytes += bytes;
-        this.pendingBytes -= bytes;
-        this.count('written', take);
-        i += take;
-      }
-    } catch (err) {
-      let lost = 0;
-      for (let j = i; j < sizes.length; j++) lost += sizes[j];
-      this.pendingBytes -= lost;
-      this.drop(lines.length - i);
-      this.warn('write', { dir: this.dir, err: (err as Error)?.message ?? String(err), dropped: this.dropped }, 'request log: writing failed; lines dropped (later lines go to a new file)');
-      await this.closeFile();
-    }
-  }
-
-  /** Opens a new file when none is open, or when the open one was deleted (directory removed, pruned by another process). */
-  private async ensureFile(): Promise<void> {
-    if (this.handle) {
-      const st = await this.handle.stat();
-      if (st.nlink > 0) return;
-      await this.closeFile();
-    }
-    await fs.promises.mkdir(this.dir, { recursive: true });
-    const file = path.join(this.dir, fileName(Date.now(), this.fileCount));
-    this.handle = await fs.promises.open(file, 'a');
-    this.fileBytes = 0;
-    this.fileCount++;
-    await this.prune(path.basename(file));
-  }
-
-  private async closeFile(): Promise<void> {
-    const h = this.handle;
-    this.handle = null;
-    this.fileBytes = 0;
-    if (h) await h.close().catch(() => undefined);
-  }
-
-  /** Deletes the oldest log files beyond maxFiles (never `current`); a failure only leaves more files. */
-  private async prune(current: string): Promise<void> {
-    try {
-      const names = (await fs.promises.readdir(this.dir)).filter((n) => FILE_PATTERN.test(n) && n !== current).sort();
-      const excess = names.length + 1 - this.maxFiles;
-      for (let k = 0; k < excess; k++) await fs.promises.unlink(path.join(this.dir, names[k])).catch(() => undefined);
-    } catch {
-      /* pruning is best effort */
-    }
+  close(): Promise<void> {
+    return this.out.close();
   }
 }
 

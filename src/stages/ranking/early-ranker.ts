@@ -268,6 +268,9 @@ export class EarlyRanker implements Stage<Candidate[], Candidate[]> {
     const k = Math.min(keep, input.length);
     ctx.note('ranked', input.length);
     ctx.drop('below_keep', input.length - k);
-    return k > 0 ? topSorted(input, k) : [];
+    const kept = k > 0 ? topSorted(input, k) : [];
+    // Feature logging (--feature-log; sampled requests only): the features this run scored with, same inputs, same doubles.
+    if (ctx.rankedFeatures) ctx.rankedFeatures(kept, input, (c) => features(ads, popularity, vectors, query, now, c));
+    return kept;
   }
 }
