@@ -26,6 +26,7 @@
 
 #include "../src/kernels/bits.h"
 #include "../src/kernels/dispatch.h"
+#include "../src/kernels/mmr.h"
 
 namespace {
 
@@ -426,6 +427,8 @@ void test_guard_pages(const KernelTable& t, Rng& rng) {
 }
 #endif
 
+void test_mmr(const KernelTable& t);
+
 void test_level(SimdLevel level) {
   const char* name = funnel::simd_level_name(level);
   const KernelTable* t = funnel::kernels_for(level);
@@ -442,6 +445,7 @@ void test_level(SimdLevel level) {
   test_random_i8(*t, rng);
   test_rows(*t, rng);
   test_special(*t, rng);
+  test_mmr(*t);
 #if FUNNEL_TEST_GUARD_PAGES
   // FUNNEL_TEST_NO_GUARD_PAGES=1 skips this part, for emulators whose masked loads do not suppress
   // faults on masked-off lanes as hardware does (QEMU 7.2's vmaskmovps, SIMDe's AVX-512 masks).
@@ -532,6 +536,215 @@ void test_bits() {
   std::printf("bits        : %ld passed, %ld failed (popcount vs bit-by-bit)\n", counts.passed, counts.failed);
 }
 
+
+// AND-and-count (the eligibility stage's per-request servable mask) against a bit-by-bit AND, for
+// lengths of a, b and out on either side of each other, odd and even, and out aliasing a.
+void test_and_count() {
+  Section section("and_count");
+  const Counts& counts = section.counts;
+  Rng rng(4242);
+  const size_t lens[] = {0, 1, 2, 3, 7, 8, 31, 32, 33, 100, 101};
+  for (size_t na : lens) {
+    for (size_t nb : lens) {
+      for (size_t nout : lens) {
+        for (int alias = 0; alias < 2; ++alias) {
+          if (alias && nout != na) continue;
+          std::vector<uint32_t> a(na + 1), b(nb + 1), out(nout + 2, 0xDEADBEEFu);
+          for (auto& x : a) x = uint32_t(rng.next());
+          for (auto& x : b) x = uint32_t(rng.next());
+          if (na > 2) a[1] = 0xFFFFFFFFu;
+          std::vector<uint32_t> want(nout, 0);
+          size_t want_count = 0;
+          for (size_t i = 0; i < nout; ++i) {
+            want[i] = (i < na ? a[i] : 0) & (i < nb ? b[i] : 0);
+            for (int k = 0; k < 32; ++k) want_count += (want[i] >> k) & 1u;
+          }
+          for (const auto& [name, fn] : funnel::and_count_variants()) {
+            // a at a 4-byte (not 8-byte) offset half the time: loads and stores are unaligned.
+            const size_t shift = (na + nb + nout) % 2;
+            std::vector<uint32_t> a2(a.size() + 1, 0);
+            std::copy(a.begin(), a.end(), a2.begin() + long(shift));
+            std::fill(out.begin(), out.end(), 0xDEADBEEFu);
+            uint32_t* o = alias ? a2.data() + shift : out.data() + 1;
+            const size_t got = funnel::and_count_words32_with(fn, a2.data() + shift, na, b.data(), nb, o, nout);
+            bool ok = got == want_count && std::equal(want.begin(), want.end(), o);
+            if (!alias) ok = ok && out[0] == 0xDEADBEEFu && out[nout + 1] == 0xDEADBEEFu;
+            record(ok, "and_count_words32 [%s] na=%zu nb=%zu nout=%zu alias=%d: count %zu want %zu", name, na, nb, nout,
+                   alias, got, want_count);
+          }
+          std::vector<uint32_t> a3 = a;
+          uint32_t* o = alias ? a3.data() : out.data() + 1;
+          record(funnel::and_count_words32(a3.data(), na, b.data(), nb, o, nout) == want_count &&
+                     std::equal(want.begin(), want.end(), o),
+                 "and_count_words32 (dispatched) na=%zu nb=%zu nout=%zu alias=%d", na, nb, nout, alias);
+        }
+      }
+    }
+  }
+  std::printf("and_count   : %ld passed, %ld failed (every variant vs bit-by-bit: %zu variants)\n", counts.passed,
+              counts.failed, funnel::and_count_variants().size());
+}
+
+// MMR as its definition reads, on table t: rows normalised in double as mmr_select does, then each
+// step recomputes every remaining row's value from the dots of ALL picks so far (kept per pick,
+// one t.dot_f32_rows call each, so the dots are those mmr_select sees) instead of a running max.
+std::vector<uint32_t> mmr_definition(const KernelTable& t, std::vector<float> rows, size_t dim, size_t m,
+                                     const std::vector<double>& scores, double lambda, size_t want) {
+  double max_score = 0;
+  for (size_t i = 0; i < m; ++i) max_score = scores[i] > max_score ? scores[i] : max_score;
+  std::vector<double> rel(m);
+  for (size_t i = 0; i < m; ++i) {
+    rel[i] = max_score > 0 && scores[i] > 0 ? scores[i] / max_score : 0;
+    double ss = 0;
+    for (size_t j = 0; j < dim; ++j) ss += double(rows[i * dim + j]) * double(rows[i * dim + j]);
+    const double inv = ss > 0 && std::isfinite(ss) ? 1 / std::sqrt(ss) : 0;
+    for (size_t j = 0; j < dim; ++j) rows[i * dim + j] = float(double(rows[i * dim + j]) * inv);
+  }
+  std::vector<uint32_t> order;
+  std::vector<std::vector<float>> dots;  // dots[k][i] = dot(row of pick k, row i)
+  std::vector<bool> taken(m, false);
+  while (order.size() < std::min(want, m)) {
+    size_t best = m;
+    double best_value = 0;
+    for (size_t i = 0; i < m; ++i) {
+      if (taken[i]) continue;
+      double v;
+      if (order.empty()) {
+        v = lambda * rel[i];
+      } else {
+        double sim = -std::numeric_limits<double>::infinity();
+        for (const auto& d : dots) sim = std::max(sim, double(d[i]));
+        v = lambda * rel[i] - (1 - lambda) * sim;
+      }
+      if (best == m || v > best_value) best = i, best_value = v;
+    }
+    order.push_back(uint32_t(best));
+    taken[best] = true;
+    dots.emplace_back(m);
+    t.dot_f32_rows(rows.data() + best * dim, rows.data(), dim, m, dim, dots.back().data());
+  }
+  return order;
+}
+
+// How far `order` falls short of greedy MMR computed in double precision (exact cosines): at each
+// step, the best value over the remaining rows minus the chosen row's, given the order's own picks.
+double mmr_shortfall(const std::vector<float>& rows, size_t dim, size_t m, const std::vector<double>& scores,
+                     double lambda, const std::vector<uint32_t>& order) {
+  std::vector<double> unit(m * dim, 0.0);
+  for (size_t i = 0; i < m; ++i) {
+    double ss = 0;
+    for (size_t j = 0; j < dim; ++j) ss += double(rows[i * dim + j]) * double(rows[i * dim + j]);
+    if (ss > 0) for (size_t j = 0; j < dim; ++j) unit[i * dim + j] = double(rows[i * dim + j]) / std::sqrt(ss);
+  }
+  double max_score = 0;
+  for (size_t i = 0; i < m; ++i) max_score = scores[i] > max_score ? scores[i] : max_score;
+  auto value = [&](size_t i, size_t k) {
+    const double rel = max_score > 0 && scores[i] > 0 ? scores[i] / max_score : 0;
+    if (k == 0) return lambda * rel;
+    double sim = -std::numeric_limits<double>::infinity();
+    for (size_t p = 0; p < k; ++p) {
+      double d = 0;
+      for (size_t j = 0; j < dim; ++j) d += unit[order[p] * dim + j] * unit[i * dim + j];
+      sim = std::max(sim, d);
+    }
+    return lambda * rel - (1 - lambda) * sim;
+  };
+  double worst = 0;
+  std::vector<bool> taken(m, false);
+  for (size_t k = 0; k < order.size(); ++k) {
+    double best = -std::numeric_limits<double>::infinity();
+    for (size_t i = 0; i < m; ++i) if (!taken[i]) best = std::max(best, value(i, k));
+    worst = std::max(worst, best - value(order[k], k));
+    taken[order[k]] = true;
+  }
+  return worst;
+}
+
+// mmr_select on every table: equal to the definition on the same table (incremental max, tie
+// to the lower index), equal to the scalar table's picks when every dot is exact in float (rows
+// of 0 and +-2^-k with a power-of-four count of non-zeros: unit length, exact products and sums),
+// and within float rounding of exact greedy MMR on random rows.
+void test_mmr(const KernelTable& t) {
+  Rng rng(0x5EED0F3A3Aull);
+  const size_t ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 31, 64, 150, 301};
+  const size_t dims[] = {1, 3, 4, 8, 13, 16, 17, 64, 100};
+  const double lambdas[] = {0, 0.3, 0.5, 0.7, 0.99, 1};
+  size_t cases = 0;
+  for (size_t m : ms) {
+    for (size_t dim : dims) {
+      for (int kind = 0; kind < 4; ++kind) {
+        const double lambda = lambdas[(m + dim + size_t(kind)) % 6];
+        const size_t want = (m * 7 + dim) % (m + 3) + 1;  // sometimes more than m
+        std::vector<float> rows(m * dim, 0.f);
+        std::vector<double> scores(m);
+        for (size_t i = 0; i < m; ++i) {
+          const uint64_t r = rng.next();
+          // Scores with repeats, zeros and negatives (relevance 0), so ties are common.
+          scores[i] = r % 5 == 0 ? 0 : r % 7 == 0 ? -1 : double((r >> 8) % 6) * 0.25;
+          float* row = rows.data() + i * dim;
+          if (kind == 0 || kind == 3) {
+            fill(row, dim, rng);
+            if (r % 11 == 0) std::fill(row, row + dim, 0.f);                      // missing vector
+            if (i > 0 && r % 13 == 0) std::copy(row - dim, row, row);             // exact duplicate
+            if (kind == 3 && r % 5 == 1) scores[i] = std::numeric_limits<double>::infinity();  // rel NaN
+            if (kind == 3 && r % 9 == 2) row[r % dim] = r % 2 ? kNaN : std::numeric_limits<float>::infinity();
+          } else {
+            // Unit rows with exact dots: 1, 4 or 16 non-zeros of +-1, +-1/2 or +-1/4.
+            size_t nz = dim >= 16 && r % 3 == 0 ? 16 : dim >= 4 && r % 3 == 1 ? 4 : 1;
+            const float mag = nz == 16 ? 0.25f : nz == 4 ? 0.5f : 1.f;
+            if (r % 17 == 0) nz = 0;
+            for (size_t k = 0; k < nz; ++k) {
+              const size_t j = size_t(rng.next() % dim);
+              row[j] = row[j] != 0 ? row[j] : ((rng.next() & 1) ? mag : -mag);
+            }
+            double ss = 0;
+            for (size_t j = 0; j < dim; ++j) ss += double(row[j]) * row[j];
+            if (ss != 1) std::fill(row, row + dim, 0.f);  // a collision left it short of unit: zero row
+            if (kind == 2 && i > 0 && r % 4 == 0) std::copy(row - dim, row, row);
+          }
+        }
+        std::vector<float> work = rows;
+        std::vector<uint32_t> got(std::min(want, m) + 1, 0xFFFFFFFFu);
+        const size_t n = funnel::mmr_select(t, work.data(), dim, m, scores.data(), lambda, want, got.data());
+        got.resize(n + 1);
+        const bool canary = got[n] == 0xFFFFFFFFu;
+        got.resize(n);
+        const std::vector<uint32_t> def = mmr_definition(t, rows, dim, m, scores, lambda, want);
+        record(canary && n == std::min(want, m) && got == def, "mmr m=%zu dim=%zu kind=%d lambda=%g want=%zu: %zu picks, %s the definition",
+               m, dim, kind, lambda, want, n, got == def ? "equal to" : "NOT equal to");
+        if (kind == 3) {
+          // Non-finite scores and rows: NaN relevance and similarities, handled as the JS loop handles them (checked above).
+        } else if (kind > 0) {
+          std::vector<float> w2 = rows;
+          std::vector<uint32_t> scalar(std::min(want, m));
+          funnel::mmr_select(funnel::kScalarKernels, w2.data(), dim, m, scores.data(), lambda, want, scalar.data());
+          record(got == scalar, "mmr exact dots m=%zu dim=%zu kind=%d lambda=%g: picks differ from the scalar table's", m,
+                 dim, kind, lambda);
+        } else {
+          const double gap = mmr_shortfall(rows, dim, m, scores, lambda, got);
+          record(gap <= 1e-5, "mmr m=%zu dim=%zu lambda=%g: %g short of exact greedy MMR", m, dim, lambda, gap);
+        }
+        // The rows are left normalised, as the Diversifier's own loop leaves them.
+        bool normalised = true;
+        for (size_t i = 0; i < m && normalised; ++i) {
+          double ss = 0;
+          for (size_t j = 0; j < dim; ++j) ss += double(work[i * dim + j]) * work[i * dim + j];
+          normalised = kind == 3 || ss == 0 || std::fabs(ss - 1) < 1e-5;
+        }
+        record(normalised, "mmr m=%zu dim=%zu: rows normalised in place", m, dim);
+        ++cases;
+      }
+    }
+  }
+  // want 0 writes nothing; m 0 likewise.
+  float row = 1.f;
+  double score = 1;
+  uint32_t slot = 7;
+  record(funnel::mmr_select(t, &row, 1, 1, &score, 0.5, 0, &slot) == 0 && slot == 7, "mmr want=0");
+  record(funnel::mmr_select(t, &row, 1, 0, &score, 0.5, 3, &slot) == 0 && slot == 7, "mmr m=0");
+  (void)cases;
+}
+
 }  // namespace
 
 int main() {
@@ -542,6 +755,7 @@ int main() {
   test_dispatch();
   test_scalar_reference();
   test_bits();
+  test_and_count();
   for (SimdLevel l : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512, SimdLevel::kNeon}) test_level(l);
 
   std::printf("%ld passed, %ld failed\n", g_total.passed, g_total.failed);

@@ -39,7 +39,7 @@ export interface RetrieveQuery {
 
 /** The request's eligible set: bit `id` set when the ad may be shown (targeting, servable, not excluded). */
 export interface EligibleSet {
-  /** Read-only: requests with the same attributes and no exclusions share one cached array. */
+  /** The request's own pooled array (the cached targeting match ANDed with the servable ads, exclusions cleared). */
   bits: Uint32Array;
   count: number;
   /** AdTable epoch taken before the match: ads set or removed after it may not match `bits` any more. */

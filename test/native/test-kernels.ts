@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { availableSimdLevels, internals, simdLevel } from '../../src/native/index';
+import { andCount, availableSimdLevels, internals, simdLevel } from '../../src/native/index';
 import { rng } from '../fixtures/vectors';
 
 // Every kernel of every instruction set this CPU has, against the scalar kernel and against a
@@ -101,5 +101,40 @@ describe('SIMD kernels', () => {
     const missing = (['avx2', 'avx512', 'neon'] as const).find((l) => !levels.includes(l));
     if (!missing) return;
     assert.throws(() => internals.kernel(missing, 'dot', new Float32Array(4), new Float32Array(4)), { code: 'ERR_INVALID_ARG' });
+  });
+
+  it('when andCount gets bitsets of any lengths, then out is their AND word by word (missing words 0, the rest of out zeroed) and the count its set bits', () => {
+    const random = rng(11);
+    const words = (n: number) => Uint32Array.from({ length: n }, () => (random() * 2 ** 32) >>> 0);
+    const popcount = (x: number) => {
+      let c = 0;
+      for (; x !== 0; x &= x - 1) c++;
+      return c;
+    };
+    for (const na of [0, 1, 2, 3, 31, 32, 33]) {
+      for (const nb of [0, 1, 2, 3, 31, 32, 33]) {
+        for (const nout of [0, 1, 5, 33, 40]) {
+          const a = words(na);
+          const b = words(nb);
+          const out = words(nout);
+          let want = 0;
+          const expected = Array.from({ length: nout }, (_, i) => {
+            const x = ((i < na ? a[i] : 0) & (i < nb ? b[i] : 0)) >>> 0;
+            want += popcount(x);
+            return x;
+          });
+          assert.equal(andCount(a, b, out), want, `na=${na} nb=${nb} nout=${nout}`);
+          assert.deepEqual(Array.from(out), expected);
+        }
+      }
+    }
+    const a = words(40);
+    const b = words(40);
+    const want = Array.from(a, (x, i) => (x & b[i]) >>> 0);
+    andCount(a, b, a);
+    assert.deepEqual(Array.from(a), want, 'out may be a itself');
+    const big = words(64);
+    assert.throws(() => andCount(big.subarray(0, 40), b, big.subarray(20, 60)), { code: 'ERR_INVALID_ARG' });
+    assert.throws(() => andCount(a, b, new Int32Array(4) as unknown as Uint32Array), { code: 'ERR_INVALID_ARG' });
   });
 });

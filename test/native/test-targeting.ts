@@ -339,6 +339,26 @@ describe('TargetingIndex rules', function () {
     assert.equal(out[0], ix.match({ country: ['US'] }).bits[0]);
   });
 
+  it('when set() passes its checks or remove() removes, then epoch moves; failed writes, unknown removes and matches leave it', async () => {
+    const t = new TargetingIndex();
+    const e0 = t.epoch;
+    assert.equal(typeof e0, 'number');
+    t.set(1, [{ country: { any_of: ['US'] } }]);
+    const e1 = t.epoch;
+    assert.ok(e1 > e0);
+    t.set(1, [{ country: { any_of: ['US'] } }]);
+    const e2 = t.epoch;
+    assert.ok(e2 > e1, 'a replacement with the same targeting still moves it');
+    assert.throws(() => t.set(2, [] as unknown as Targeting), { code: 'ERR_INVALID_ARG' });
+    assert.throws(() => t.remove(7), { code: 'ERR_UNKNOWN_ID' });
+    t.match({ country: ['US'] });
+    await t.matchAsync({});
+    t.has(1);
+    assert.equal(t.epoch, e2);
+    t.remove(1);
+    assert.ok(t.epoch > e2);
+  });
+
   it('when a large id is set, then capacity and the answer length follow it', () => {
     const t = new TargetingIndex();
     t.set(1_000_000, undefined);

@@ -43,6 +43,9 @@ class World implements EligibilitySource {
       get capacity() {
         return index.capacity;
       },
+      get epoch() {
+        return index.epoch;
+      },
       set: (id, t) => index.set(id, t),
       remove: (id) => index.remove(id),
       has: (id) => index.has(id),
@@ -67,6 +70,16 @@ class World implements EligibilitySource {
     this.ads.set(adRecord({ id }));
     this.targeting.set(id, rules ?? undefined);
     this.rules.set(id, rules);
+  }
+
+  /** A delete, as ServingState does it: table, index, servable array. */
+  remove(id: number): void {
+    this.ads.remove(id);
+    if (this.targeting.has(id)) this.targeting.remove(id);
+    this.rules.delete(id);
+    const ids: number[] = [];
+    for (let i = 0; i < this.servable.bits.length * 32; i++) if (i !== id && bit(this.servable.bits, i)) ids.push(i);
+    this.setServable(ids);
   }
 
   /** The eligible set by definition: servable, targeting holds, not excluded. */
@@ -151,19 +164,46 @@ describe('Eligibility', () => {
       assert.deepEqual(b.ctx.dropped, a.ctx.dropped);
     });
 
-    it('when the servable array is replaced (status, spend, flight) or an ad is set, then the next request matches again and sees the change', async () => {
+    it('when the servable array is replaced (status, spend, flight), then the cached targeting match is reused and the answer sees the change', async () => {
+      const world = new World([{ id: 0, rules: US }, { id: 1, rules: US }, { id: 2 }, { id: 3, rules: DE }]);
+      const { stage, run } = stageOf(world);
+      const q = { attributes: { country: ['US'] } };
+      assertSet((await run(q)).e, new Set([0, 1, 2]), 4);
+      world.setServable([0, 2, 3]);
+      const after = await run(q);
+      assertSet(after.e, new Set([0, 2]), 4, 'after a status change');
+      assert.equal(after.ctx.notes.get('cache'), 'hit');
+      assert.deepEqual(after.ctx.dropped, { not_servable: 1, targeting: 1 });
+      world.setServable([]);
+      assertSet((await run(q)).e, new Set(), 4, 'nothing servable');
+      assert.equal(world.matches, 1);
+      assert.deepEqual(stage.stats, { hits: 2, misses: 1, shared: 0, evictions: 0 });
+    });
+
+    it('when an ad is upserted or deleted, then the next request matches again and sees the change', async () => {
       const world = new World([{ id: 0, rules: US }, { id: 1, rules: US }, { id: 2 }]);
       const { run } = stageOf(world);
       const q = { attributes: { country: ['US'] } };
       assertSet((await run(q)).e, new Set([0, 1, 2]), 3);
-      world.setServable([0, 2]);
-      assertSet((await run(q)).e, new Set([0, 2]), 3, 'after a status change');
-      assert.equal(world.matches, 2);
       world.retarget(2, DE);
       const after = await run(q);
-      assertSet(after.e, new Set([0]), 3, 'after an upsert');
+      assertSet(after.e, new Set([0, 1]), 3, 'after an upsert');
       assert.equal(after.e.epoch, world.ads.epoch);
+      assert.equal(after.ctx.notes.get('cache'), 'miss');
+      world.remove(1);
+      assertSet((await run(q)).e, new Set([0]), 3, 'after a delete');
       assert.equal(world.matches, 3);
+    });
+
+    it('when the targeting index alone changes (its epoch moves), then the cache is dropped', async () => {
+      const world = new World([{ id: 0, rules: US }, { id: 1 }]);
+      const { run } = stageOf(world);
+      const q = { attributes: { country: ['US'] } };
+      await run(q);
+      world.targeting.set(1, DE);
+      world.rules.set(1, DE);
+      assertSet((await run(q)).e, new Set([0]), 2);
+      assert.equal(world.matches, 2);
     });
 
     it('when a request excludes ads, advertisers or categories, then they are removed from its copy only, never from the cached match', async () => {
@@ -211,15 +251,28 @@ describe('Eligibility', () => {
       for (const r of all) assertSet(r.e, new Set([0, 1]), 2);
     });
 
-    it('when the data changes while a match runs, then its answer is used by that request but not cached', async () => {
+    it('when the servable ads change while a match runs, then its answer sees the new ones and is cached', async () => {
       const world = new World([{ id: 0 }, { id: 1 }]);
       const { stage, run } = stageOf(world);
       const pending = run({});
       world.setServable([1]);
-      const first = await pending;
-      assertSet(first.e, new Set([0, 1]), 2, 'matched within the servable set it started with');
-      assert.equal(stage.cacheSize.entries, 0);
+      assertSet((await pending).e, new Set([1]), 2, 'AND-ed with the servable ads when the match ends');
+      assert.equal(stage.cacheSize.entries, 1);
       assertSet((await run({})).e, new Set([1]), 2);
+      assert.equal(world.matches, 1);
+    });
+
+    it('when an ad is upserted while a match runs, then its answer is used by that request (with the epoch from before) but not cached', async () => {
+      const world = new World([{ id: 0 }, { id: 1 }]);
+      const { stage, run } = stageOf(world);
+      const epoch = world.ads.epoch;
+      const pending = run({ attributes: { country: ['US'] } });
+      world.retarget(1, DE);
+      const first = await pending;
+      assert.equal(first.e.epoch, epoch, 'Filters drop ads set after it');
+      assert.equal(stage.cacheSize.entries, 0);
+      assertSet((await run({ attributes: { country: ['US'] } })).e, new Set([0]), 2);
+      assert.equal(world.matches, 2);
     });
 
     it('when the index refuses the attributes, then the stage fails and nothing is cached', async () => {
@@ -282,6 +335,112 @@ describe('Eligibility', () => {
           }
           for (const h of held) assertSet(h.e, h.want, 8, 'a held answer is never overwritten');
         }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('property: with random status, spend, flight (time), upsert and delete writes between requests (some while a match runs), every answer equals the direct evaluator, and only upserts and deletes cost a native match', async () => {
+    const values = ['x', 'y', 'z'];
+    const attr = fc.constantFrom('a', 'b');
+    const predicate = fc
+      .record({ any_of: fc.option(fc.subarray(values, { minLength: 1 }), { nil: undefined }), none_of: fc.option(fc.subarray(values, { minLength: 1 }), { nil: undefined }) })
+      .filter((p) => p.any_of !== undefined || p.none_of !== undefined)
+      .map((p) => Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined)));
+    const rules = fc.option(fc.array(fc.dictionary(attr, predicate, { maxKeys: 2 }), { minLength: 1, maxLength: 2 }), { nil: null });
+    const HOUR = 3_600_000;
+    const ad = fc.record({
+      rules,
+      active: fc.boolean(),
+      start: fc.option(fc.integer({ min: 0, max: 60 }).map((h) => h * HOUR)),
+      hours: fc.option(fc.integer({ min: 1, max: 60 })),
+      budget: fc.option(fc.constantFrom(0, 100, 1000)),
+      advertiser: fc.nat(3),
+    });
+    const attributes = fc.dictionary(attr, fc.array(fc.constantFrom(...values), { maxLength: 3 }), { maxKeys: 2 });
+    const id = fc.nat(11);
+    const servableWrite = fc.oneof(
+      fc.record({ kind: fc.constant('status' as const), id, active: fc.boolean() }),
+      fc.record({ kind: fc.constant('spend' as const), id, micros: fc.constantFrom(0, 50, 100, 500, 5000) }),
+      fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 30 * HOUR }) }),
+    );
+    const targetingWrite = fc.oneof(fc.record({ kind: fc.constant('upsert' as const), id, ad }), fc.record({ kind: fc.constant('delete' as const), id }));
+    const op = fc.oneof(
+      { weight: 6, arbitrary: fc.record({ kind: fc.constant('request' as const), attributes, exclude: fc.subarray([0, 1, 2, 3]), advertiser: fc.option(fc.nat(3)), during: fc.option(servableWrite) }) },
+      { weight: 3, arbitrary: servableWrite },
+      { weight: 1, arbitrary: targetingWrite },
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(ad, { minLength: 12, maxLength: 12 }), fc.array(op, { maxLength: 40 }), fc.constantFrom(0, 2, 1024), async (initial, ops, maxEntries) => {
+        let now = 10 * HOUR;
+        const specOf = (i: number, a: (typeof initial)[number]) => ({
+          id: i,
+          rules: a.rules,
+          status: a.active ? ('active' as const) : ('paused' as const),
+          start_ms: a.start,
+          end_ms: a.start !== null && a.hours !== null ? a.start + a.hours * HOUR : a.hours !== null ? a.hours * HOUR : null,
+          daily_budget_micros: a.budget,
+          advertiser_id: `adv${a.advertiser}`,
+        });
+        const world = new World(initial.map((a, i) => specOf(i, a)));
+        const refresh = () => {
+          const ids: number[] = [];
+          for (const i of world.ads.ids()) if (world.ads.servable(i, now)) ids.push(i);
+          world.setServable(ids);
+        };
+        refresh();
+        const write = (w: { kind: 'status' | 'spend' | 'tick' | 'upsert' | 'delete'; id?: number; active?: boolean; micros?: number; ms?: number; ad?: (typeof initial)[number] }) => {
+          if (w.kind === 'status') world.ads.setActive(w.id!, w.active!);
+          else if (w.kind === 'spend') world.ads.setSpend(w.id!, w.micros!, now);
+          else if (w.kind === 'tick') now += w.ms!;
+          else if (w.kind === 'upsert') {
+            const spec = specOf(w.id!, w.ad!);
+            world.ads.set(adRecord(spec));
+            world.targeting.set(w.id!, spec.rules ?? undefined);
+            world.rules.set(w.id!, spec.rules);
+          } else if (world.ads.has(w.id!)) {
+            world.ads.remove(w.id!);
+            world.targeting.remove(w.id!);
+            world.rules.delete(w.id!);
+          }
+          refresh();
+        };
+        // The definition, straight from the table: servable now, targeting holds, not excluded.
+        const direct = (q: Pick<RetrieveQuery, 'attributes' | 'excludeAdIds' | 'excludeAdvertiserIds'>) => {
+          const out = new Set<number>();
+          for (const i of world.ads.ids()) {
+            if (!world.ads.servable(i, now) || !evaluateTargeting(world.rules.get(i) ?? undefined, q.attributes)) continue;
+            if (q.excludeAdIds.has(world.ads.adId(i)) || q.excludeAdvertiserIds.has(world.ads.advertiserId(i))) continue;
+            out.add(i);
+          }
+          return out;
+        };
+        const { stage, run } = stageOf(world, { maxEntries });
+        let targetingWrites = 0;
+        let requests = 0;
+        for (const o of ops) {
+          if (o.kind !== 'request') {
+            if (o.kind === 'upsert' || o.kind === 'delete') targetingWrites++;
+            write(o);
+            continue;
+          }
+          requests++;
+          const q = { attributes: o.attributes, excludeAdIds: new Set(o.exclude.map((i) => `ad${i}`)), excludeAdvertiserIds: new Set(o.advertiser === null ? [] : [`adv${o.advertiser}`]) };
+          const before = direct(q);
+          const pending = run(q);
+          if (o.during !== null) write(o.during);
+          const r = await pending;
+          // A hit answers at once (before the write), and so does the uncached path (it matches within the
+          // servable array it starts with); a cache miss ANDs the servable ads when its match ends (after it).
+          const note = r.ctx.notes.get('cache');
+          const at = note === 'hit' || note === undefined ? before : direct(q);
+          assertSet(r.e, at, 12, JSON.stringify(o));
+          assert.ok(['hit', 'miss', 'shared', undefined].includes(r.ctx.notes.get('cache') as string | undefined));
+          r.end();
+        }
+        // Each native match is a miss; with a cache, misses come only from new signatures or upserts and deletes.
+        assert.equal(world.matches, stage.stats.misses + (maxEntries === 0 ? requests : 0));
+        if (maxEntries === 1024) assert.ok(stage.stats.misses <= new Set(ops.filter((o) => o.kind === 'request').map((o) => attributeSignature((o as { attributes: RequestAttributes }).attributes))).size * (targetingWrites + 1));
       }),
       { numRuns: 300 },
     );

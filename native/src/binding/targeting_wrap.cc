@@ -151,39 +151,41 @@ Napi::Object match_object(Napi::Env env, const Napi::Uint32Array& bits, size_t c
   return r;
 }
 
-// Copies a finished answer into the caller's `out` (zeroing its tail) or a new array.
-Napi::Uint32Array deliver(Napi::Env env, const std::vector<uint32_t>& words, Napi::Reference<Napi::Uint32Array>& out_ref) {
-  if (out_ref.IsEmpty()) {
-    Napi::Uint32Array bits = Napi::Uint32Array::New(env, words.size());
-    if (!words.empty()) std::memcpy(bits.Data(), words.data(), words.size() * 4);
-    return bits;
-  }
-  Napi::Uint32Array out = out_ref.Value();
-  if (out.ElementLength() < words.size()) {
-    throw_code(env, "ERR_INVALID_ARG", "out holds " + std::to_string(out.ElementLength()) +
-                                           " words; the index needs " + std::to_string(words.size()) +
-                                           " (ceil(capacity / 32))");
-  }
-  if (!words.empty()) std::memcpy(out.Data(), words.data(), words.size() * 4);
-  std::memset(out.Data() + words.size(), 0, (out.ElementLength() - words.size()) * 4);
-  return out;
+// A finished answer (matched without an `out` buffer) as a new array.
+Napi::Uint32Array deliver(Napi::Env env, const std::vector<uint32_t>& words) {
+  Napi::Uint32Array bits = Napi::Uint32Array::New(env, words.size());
+  if (!words.empty()) std::memcpy(bits.Data(), words.data(), words.size() * 4);
+  return bits;
 }
 
 // Matches on libuv's pool; resolves with {bits, count} like match(), rejects with a coded Error.
+// With an `out` buffer the pool thread writes the answer straight into it (its tail zeroed there
+// too), so the JS thread neither copies nor clears it: the buffer is pinned by out_ref, and the
+// caller leaves it alone until the promise settles.
 class MatchWorker final : public Napi::AsyncWorker {
  public:
   MatchWorker(Napi::Env env, std::shared_ptr<targeting::TargetingIndex> ix, MatchArgs args)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), ix_(std::move(ix)), args_(std::move(args)) {}
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), ix_(std::move(ix)), args_(std::move(args)) {
+    if (!args_.out_ref.IsEmpty()) {
+      Napi::Uint32Array out = args_.out_ref.Value();
+      out_ = out.Data();
+      out_words_ = out.ElementLength();
+    }
+  }
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
-    error_.capture([&] { count_ = ix_->match(args_.attrs, args_.within, args_.within_words, &words_); });
+    error_.capture([&] {
+      count_ = out_ != nullptr ? ix_->match(args_.attrs, args_.within, args_.within_words, out_, out_words_)
+                               : ix_->match(args_.attrs, args_.within, args_.within_words, &words_);
+    });
   }
   void OnOK() override {
     Napi::Env env = Env();
     if (error_.reject(env, deferred_)) return;
     try {
-      deferred_.Resolve(match_object(env, deliver(env, words_, args_.out_ref), count_));
+      Napi::Uint32Array bits = out_ != nullptr ? args_.out_ref.Value() : deliver(env, words_);
+      deferred_.Resolve(match_object(env, bits, count_));
     } catch (const Napi::Error& e) {
       deferred_.Reject(e.Value());
     }
@@ -193,6 +195,8 @@ class MatchWorker final : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<targeting::TargetingIndex> ix_;
   MatchArgs args_;
+  uint32_t* out_ = nullptr;
+  size_t out_words_ = 0;
   std::vector<uint32_t> words_;
   size_t count_ = 0;
   WorkerError error_;
@@ -205,6 +209,7 @@ class TargetingWrap : public Napi::ObjectWrap<TargetingWrap> {
                                    {
                                        InstanceAccessor("size", &TargetingWrap::Size, nullptr),
                                        InstanceAccessor("capacity", &TargetingWrap::Capacity, nullptr),
+                                       InstanceAccessor("epoch", &TargetingWrap::Epoch, nullptr),
                                        InstanceMethod("set", &TargetingWrap::Set),
                                        InstanceMethod("remove", &TargetingWrap::Remove),
                                        InstanceMethod("has", &TargetingWrap::Has),
@@ -226,6 +231,8 @@ class TargetingWrap : public Napi::ObjectWrap<TargetingWrap> {
   Napi::Value Capacity(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), double(ix_->capacity()));
   }
+
+  Napi::Value Epoch(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(ix_->epoch())); }
 
   Napi::Value Set(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();

@@ -68,6 +68,14 @@ inline Napi::Float32Array float32_arg(Napi::Env env, const Napi::Value& v, const
   return v.As<Napi::Float32Array>();
 }
 
+/// The Float64Array at `v`, or ERR_INVALID_ARG naming `what`.
+inline Napi::Float64Array float64_arg(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    throw_code(env, "ERR_INVALID_ARG", std::string(what) + " must be a Float64Array");
+  }
+  return v.As<Napi::Float64Array>();
+}
+
 /// The Uint32Array at `v`, or ERR_INVALID_ARG naming `what`.
 inline Napi::Uint32Array uint32_arg(Napi::Env env, const Napi::Value& v, const char* what) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {

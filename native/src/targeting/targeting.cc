@@ -432,6 +432,7 @@ void TargetingIndex::set(uint32_t ad, const std::vector<Conjunction>* targeting)
   const std::vector<Conjunction>& conj = targeting != nullptr ? *targeting : kEveryone;
 
   std::unique_lock lock(mu_);
+  epoch_.fetch_add(1, std::memory_order_release);
   // Compile (and take references on values) before dropping the old postings, so values shared
   // by the old and new targeting are never forgotten and re-interned.
   std::vector<std::vector<uint64_t>> compiled(conj.size());
@@ -463,6 +464,7 @@ void TargetingIndex::set(uint32_t ad, const std::vector<Conjunction>* targeting)
 bool TargetingIndex::remove(uint32_t ad) {
   std::unique_lock lock(mu_);
   if (ad > kMaxId || !primary_->present.contains(ad)) return false;
+  epoch_.fetch_add(1, std::memory_order_release);
   remove_locked(ad);
   return true;
 }

@@ -18,6 +18,7 @@
 //   res = Present [& within]; for each a with Pos_a: res &= ~Pos_a | OR_v P(a,v); for each (a,v): res &= ~N(a,v)
 // and the extra space's surviving slots are OR-ed into the primary answer through their ad ids.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -113,6 +114,10 @@ class TargetingIndex {
   uint32_t capacity() const;
   /// 32-bit words of a full answer: ceil(capacity() / 32).
   size_t words() const;
+  /// Write epoch: moves (under the write lock, before the change) on every set() that gets past
+  /// its checks and every remove() that removes, and on nothing else. A match taken after reading
+  /// epoch E describes the index at E if the epoch still reads E after the match.
+  uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
 
   /// Fills out[0..out_words) with the bitset of matching ads (bit i of word i >> 5; words past
   /// the answer are zeroed) and returns their number. `within` is a bitset of allowed ads of
@@ -158,6 +163,7 @@ class TargetingIndex {
   std::unordered_map<uint32_t, std::vector<uint32_t>> ad_extra_;  // ad -> its extra slots
   size_t ads_ = 0;
   uint32_t capacity_ = 0;
+  std::atomic<uint64_t> epoch_{0};
 };
 
 }  // namespace funnel::targeting

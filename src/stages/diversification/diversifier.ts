@@ -4,7 +4,7 @@
  */
 import type { Candidate, Stage, StageContext, VectorSource } from '../../pipeline/types';
 import type { AdTable } from '../../serving/ad-table';
-import { dotRows } from '../../native/index';
+import { dotRows, mmrSelect } from '../../native/index';
 
 /** Candidates applyCaps removed: by the advertiser cap (checked first), and by the category cap. */
 export interface CapCounts {
@@ -12,8 +12,91 @@ export interface CapCounts {
   category: number;
 }
 
+/** Largest interned key the array counters take (the ad table interns advertisers and categories densely from 0; -1 = absent). */
+const MAX_DENSE_KEY = 1 << 24;
+
+/**
+ * Counts per interned key (-1 and up) for one applyCaps call at a time, reused from call to call
+ * (applyCaps is synchronous): an entry counts only while its stamp is the current call's, so
+ * nothing is cleared between calls. Two of these cost a few microseconds per 300 candidates,
+ * where two Maps cost some 30.
+ */
+class KeyCounts {
+  private stamps = new Int32Array(0);
+  private counts = new Int32Array(0);
+  private stamp = 0;
+  /** Starts a call: every count reads 0. */
+  reset(): void {
+    if (++this.stamp === 0x7fffffff) {
+      this.stamps.fill(0);
+      this.stamp = 1;
+    }
+  }
+  get(key: number): number {
+    const i = key + 1;
+    return i < this.stamps.length && this.stamps[i] === this.stamp ? this.counts[i] : 0;
+  }
+  set(key: number, n: number): void {
+    const i = key + 1;
+    if (i >= this.stamps.length) {
+      const size = Math.max(i + 1, this.stamps.length * 2, 1024);
+      const stamps = new Int32Array(size);
+      stamps.set(this.stamps);
+      const counts = new Int32Array(size);
+      counts.set(this.counts);
+      this.stamps = stamps;
+      this.counts = counts;
+    }
+    this.stamps[i] = this.stamp;
+    this.counts[i] = n;
+  }
+}
+const perAdvertiserCounts = new KeyCounts();
+const perCategoryCounts = new KeyCounts();
+
+const denseKey = (k: number): boolean => (k | 0) === k && k >= -1 && k < MAX_DENSE_KEY;
+
 /** Keeps candidates (ranked best first) in order while their advertiser has fewer than `maxPerAdvertiser` and their category fewer than `maxPerCategory` kept; returns the survivors and adds what each cap removed to `counts`. */
 export function applyCaps(
+  input: readonly Candidate[],
+  ads: Pick<AdTable, 'advertiserKey' | 'categoryKey'>,
+  maxPerAdvertiser: number,
+  maxPerCategory: number,
+  counts?: CapCounts,
+): Candidate[] {
+  const out: Candidate[] = [];
+  const perAdvertiser = perAdvertiserCounts;
+  const perCategory = perCategoryCounts;
+  perAdvertiser.reset();
+  perCategory.reset();
+  let advertiserCapped = 0;
+  let categoryCapped = 0;
+  for (let i = 0; i < input.length; i++) {
+    const c = input[i];
+    const a = ads.advertiserKey(c.id);
+    const k = ads.categoryKey(c.id);
+    // Keys the arrays cannot index (a table that does not intern densely): the Map version.
+    if (!denseKey(a) || !denseKey(k)) return applyCapsByMap(input, ads, maxPerAdvertiser, maxPerCategory, counts);
+    const na = perAdvertiser.get(a);
+    const nk = perCategory.get(k);
+    if (na >= maxPerAdvertiser || nk >= maxPerCategory) {
+      if (na >= maxPerAdvertiser) advertiserCapped++;
+      else categoryCapped++;
+      continue;
+    }
+    perAdvertiser.set(a, na + 1);
+    perCategory.set(k, nk + 1);
+    out.push(c);
+  }
+  if (counts) {
+    counts.advertiser += advertiserCapped;
+    counts.category += categoryCapped;
+  }
+  return out;
+}
+
+/** applyCaps with a Map per cap: any key. */
+function applyCapsByMap(
   input: readonly Candidate[],
   ads: Pick<AdTable, 'advertiserKey' | 'categoryKey'>,
   maxPerAdvertiser: number,
@@ -66,36 +149,64 @@ function siftDown(heap: Int32Array, size: number, value: Float64Array, i: number
 // every request, and a request allocates no vector rows (external memory that brings on collections).
 let scratchIds = new Uint32Array(0);
 let scratchRows = new Float32Array(0);
+let scratchScores = new Float64Array(0);
+let scratchOrder = new Uint32Array(0);
 let scratchRel = new Float64Array(0);
 let scratchMaxSim = new Float64Array(0);
 let scratchTaken = new Uint8Array(0);
-// Views of scratchRows' rows (for `rowViewsDim` floats a row), made once instead of one per pick.
+// Views of the packed rows (for `rowViewsDim` floats a row), made once instead of one per pick,
+// kept while the rows start at the same place of the same buffer (scratchRows, request after request).
 let rowViews: (Float32Array | undefined)[] = [];
 let rowViewsOf: ArrayBufferLike | null = null;
+let rowViewsAt = 0;
 let rowViewsDim = 0;
 
-/** Row `i` of scratchRows (`dim` floats a row) as a view, cached while scratchRows and dim stay. */
-function rowView(i: number, dim: number): Float32Array {
-  if (rowViewsOf !== scratchRows.buffer || rowViewsDim !== dim) {
+/** Row `i` of `packed` (`dim` floats a row) as a view, cached while packed's buffer, offset and dim stay. */
+function rowView(packed: Float32Array, i: number, dim: number): Float32Array {
+  if (rowViewsOf !== packed.buffer || rowViewsAt !== packed.byteOffset || rowViewsDim !== dim) {
     rowViews = [];
-    rowViewsOf = scratchRows.buffer;
+    rowViewsOf = packed.buffer;
+    rowViewsAt = packed.byteOffset;
     rowViewsDim = dim;
   }
-  return (rowViews[i] ??= scratchRows.subarray(i * dim, (i + 1) * dim));
+  return (rowViews[i] ??= packed.subarray(i * dim, (i + 1) * dim));
+}
+
+/** Grows the per-candidate scratch arrays to `m` entries at least. */
+function fitScratch(m: number): void {
+  if (scratchRel.length >= m) return;
+  const n = Math.max(m, scratchRel.length * 2);
+  scratchIds = new Uint32Array(n);
+  scratchScores = new Float64Array(n);
+  scratchOrder = new Uint32Array(n);
+  scratchRel = new Float64Array(n);
+  scratchMaxSim = new Float64Array(n);
+  scratchTaken = new Uint8Array(n);
 }
 
 /**
- * Greedy MMR over rows packed in `packed` (m x dim, the head of scratchRows, normalised here; a
- * zero row has similarity 0 to everything): one SIMD call per pick for its similarities to the
- * whole pool. (A JavaScript loop is slower, even the lazy greedy's: about 2,000 dot products per
- * 80-ad pool at 64 dims, some 65-100 ns each, against 49 native calls of about 1.5 us.)
+ * Greedy MMR in JavaScript over the `m` rows packed in `packed` (m x dim, normalised here in
+ * place; a zero row has similarity 0 to everything) with relevance `scores[0..m)`, `want` picks
+ * (1 <= want <= m): one `rowsDot` call per pick for its dots with the whole pool. The native
+ * `mmrSelect` does the same arithmetic in one call (49 calls of about 1.5 us each here, for about
+ * 0.2 us of arithmetic each); this loop is its fallback when the addon lacks it, and its
+ * reference in the tests (`rowsDot` then runs the kernels of a given instruction set).
  */
-function mmrPacked(pool: readonly Candidate[], m: number, want: number, lambda: number, packed: Float32Array, dim: number): number[] {
+export function mmrPackedJs(
+  scores: ArrayLike<number>,
+  m: number,
+  want: number,
+  lambda: number,
+  packed: Float32Array,
+  dim: number,
+  rowsDot: (query: Float32Array, rows: Float32Array) => Float32Array = dotRows,
+): number[] {
+  fitScratch(m);
   const rel = scratchRel;
   let maxScore = 0;
-  for (let i = 0; i < m; i++) if (pool[i].score > maxScore) maxScore = pool[i].score;
+  for (let i = 0; i < m; i++) if (scores[i] > maxScore) maxScore = scores[i];
   for (let i = 0; i < m; i++) {
-    const s = pool[i].score;
+    const s = scores[i];
     rel[i] = maxScore > 0 && s > 0 ? s / maxScore : 0;
     let ss = 0;
     const o = i * dim;
@@ -113,9 +224,10 @@ function mmrPacked(pool: readonly Candidate[], m: number, want: number, lambda: 
   const maxSim = scratchMaxSim;
   maxSim.fill(-Infinity, 0, m);
   const penalty = 1 - lambda;
+  const rows = packed.length === m * dim ? packed : packed.subarray(0, m * dim);
   while (order.length < want) {
     const last = order[order.length - 1];
-    const sims = dotRows(rowView(last, dim), packed);
+    const sims = rowsDot(rowView(rows, last, dim), rows);
     let best = -1;
     let bestValue = -Infinity;
     for (let i = 0; i < m; i++) {
@@ -147,19 +259,22 @@ export function mmrOrder(pool: readonly Candidate[], depth: number, picks: numbe
   // similarities to the whole pool are one SIMD call (exact greedy, no laziness needed).
   if (vectors.gather) {
     const dim = vectors.dim;
-    if (scratchRel.length < m) {
-      const n = Math.max(m, scratchRel.length * 2);
-      scratchIds = new Uint32Array(n);
-      scratchRel = new Float64Array(n);
-      scratchMaxSim = new Float64Array(n);
-      scratchTaken = new Uint8Array(n);
-    }
+    fitScratch(m);
     if (scratchRows.length < m * dim) scratchRows = new Float32Array(Math.max(m * dim, scratchRows.length * 2));
     const ids = scratchIds.subarray(0, m);
     for (let i = 0; i < m; i++) ids[i] = pool[i].id;
     const packed = scratchRows.subarray(0, m * dim);
     vectors.gather(ids, packed);
-    return mmrPacked(pool, m, want, lambda, packed, dim);
+    const scores = scratchScores;
+    for (let i = 0; i < m; i++) scores[i] = pool[i].score;
+    // One native call for the whole greedy loop; the same picks as mmrPackedJs (same kernel, same
+    // double arithmetic in the same order), without a JS -> native transition per pick.
+    if (mmrSelect !== undefined) {
+      const n = mmrSelect(packed, dim, m, scores, lambda, want, scratchOrder);
+      for (let i = 0; i < n; i++) order.push(scratchOrder[i]);
+      return order;
+    }
+    return mmrPackedJs(scores, m, want, lambda, packed, dim);
   }
   const vecs: (Float32Array | undefined)[] = new Array(m);
   const invNorm = new Float64Array(m);

@@ -2,7 +2,8 @@ import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import type { DiversifierStageConfig } from '../../../src/config/schema';
 import { SOURCE_BIT, type Candidate } from '../../../src/pipeline/types';
-import { Diversifier, mmrOrder } from '../../../src/stages/diversification/diversifier';
+import { availableSimdLevels, internals, mmrSelect, type SimdLevel } from '../../../src/native/index';
+import { applyCaps, Diversifier, mmrOrder, mmrPackedJs } from '../../../src/stages/diversification/diversifier';
 import { adTable, cand, defaultPipeline, makeContext, GatherVectors, MapVectors, type AdSpec } from '../../fixtures/stage-context';
 
 function pipelineWith(d: Partial<DiversifierStageConfig>) {
@@ -105,6 +106,18 @@ describe('Diversifier', () => {
     ];
     const ctx = makeContext({ ads: adTable(specs), pipeline: pipelineWith({ max_per_advertiser: 1, max_per_category: 1, mmr_depth: 0 }) });
     assert.deepEqual(idsOf(await new Diversifier().run(ctx, ranked([0, 1, 2]))), [0, 2]);
+  });
+
+  it('when a table gives keys the counter arrays cannot index (huge, negative, fractional), then applyCaps answers as with dense keys', () => {
+    const dense = { advertiserKey: (id: number) => id % 3, categoryKey: (id: number) => id % 5 };
+    const odd = { advertiserKey: (id: number) => [1e9, -5, 0.5][id % 3], categoryKey: (id: number) => [2 ** 40, -7, 1.25, 3, 4][id % 5] };
+    const input = ranked([...Array(40).keys()]);
+    for (const [ma, mc] of [[1, 1], [2, 3], [3, 100], [100, 2]]) {
+      const a = { advertiser: 0, category: 0 };
+      const b = { advertiser: 0, category: 0 };
+      assert.deepEqual(idsOf(applyCaps(input, odd, ma, mc, b)), idsOf(applyCaps(input, dense, ma, mc, a)));
+      assert.deepEqual(b, a);
+    }
   });
 
   const NEAR: [number, number[]][] = [
@@ -251,5 +264,108 @@ describe('Diversifier', () => {
       }),
       { numRuns: 300 },
     );
+  });
+
+  describe('native MMR (one call) against the JavaScript loop', () => {
+    /** Random MMR inputs: ties in scores (repeats, zeros, negatives), zero and duplicate rows, small-integer rows (exact dots, tied similarities) or random floats. */
+    const mmrInput = fc
+      .record({
+        m: fc.integer({ min: 1, max: 300 }),
+        dim: fc.integer({ min: 1, max: 96 }),
+        wantFrac: fc.double({ min: 0, max: 1, noNaN: true }),
+        lambda: fc.oneof(fc.constantFrom(0, 0.3, 0.5, 0.7, 0.99, 1), fc.double({ min: 0, max: 1, noNaN: true })),
+        integer: fc.boolean(),
+        odd: fc.boolean(),
+        seed: fc.integer(),
+        slack: fc.nat(3),
+      })
+      .map((w) => {
+        let s = w.seed >>> 0 || 1;
+        const next = () => {
+          s ^= s << 13;
+          s >>>= 0;
+          s ^= s >>> 17;
+          s ^= s << 5;
+          s >>>= 0;
+          return s / 4294967296;
+        };
+        // Rows for m + slack candidates (the packed scratch is often longer than the pool).
+        const rows = new Float32Array((w.m + w.slack) * w.dim);
+        const scores = new Float64Array(w.m + w.slack);
+        for (let i = 0; i < w.m + w.slack; i++) {
+          const r = next();
+          scores[i] = r < 0.15 ? 0 : r < 0.2 ? -1 : Math.floor(next() * 6) * 0.25 + (w.integer ? 0 : next() * 1e-3);
+          // Now and then a non-finite score or row element (NaN relevance or similarity): both sides must still agree.
+          if (w.odd && r > 0.2 && r < 0.23) scores[i] = r < 0.22 ? Infinity : NaN;
+          const o = i * w.dim;
+          if (w.odd && r > 0.88 && r <= 0.9) rows[o + Math.floor(next() * w.dim)] = r < 0.89 ? NaN : Infinity;
+          if (r > 0.9) continue; // a missing vector: zeros
+          if (i > 0 && r > 0.8) {
+            rows.copyWithin(o, o - w.dim, o);
+            continue;
+          }
+          for (let j = 0; j < w.dim; j++) rows[o + j] = w.integer ? Math.floor(next() * 7) - 3 : next() * 2 - 1;
+        }
+        return { ...w, want: Math.max(1, Math.round(w.wantFrac * w.m)), rows, scores };
+      });
+    const levels = availableSimdLevels();
+
+    it('when the addon is current, then it offers the one-call MMR', () => {
+      assert.equal(typeof mmrSelect, 'function');
+      assert.equal(typeof internals.mmr, 'function');
+    });
+
+    for (const level of levels) {
+      it(`when inputs are random (${level} kernels), then the native call picks the same rows in the same order as the JavaScript loop, and leaves the rows normalised alike`, () => {
+        const mmr = internals.mmr!;
+        const rowsDot = (q: Float32Array, r: Float32Array) => internals.kernelRows(level as SimdLevel, 'dot', q, r);
+        fc.assert(
+          fc.property(mmrInput, (w) => {
+            const jsRows = w.rows.slice();
+            const nativeRows = w.rows.slice();
+            const want = mmrPackedJs(w.scores, w.m, w.want, w.lambda, jsRows.subarray(0, w.m * w.dim), w.dim, rowsDot);
+            const order = new Uint32Array(w.want + 1).fill(0xffffffff);
+            const n = mmr(level as SimdLevel, nativeRows, w.dim, w.m, w.scores, w.lambda, w.want, order);
+            assert.equal(n, w.want);
+            assert.deepEqual(Array.from(order.subarray(0, n)), want);
+            assert.equal(order[n], 0xffffffff, 'nothing written past the picks');
+            assert.deepEqual(nativeRows, jsRows, 'rows normalised bit for bit as the JavaScript loop does, the slack untouched');
+          }),
+          { numRuns: 400 },
+        );
+      });
+    }
+
+    it('when mmrOrder takes the batch path, then its picks equal the JavaScript loop over the same gathered rows', () => {
+      fc.assert(
+        fc.property(mmrInput, fc.integer({ min: 1, max: 320 }), (w, depth) => {
+          const rows: [number, number[]][] = [];
+          for (let i = 0; i < w.m; i++) rows.push([i, Array.from(w.rows.subarray(i * w.dim, (i + 1) * w.dim))]);
+          const vectors = new GatherVectors(w.dim, 'ip', rows);
+          const pool = Array.from({ length: w.m }, (_, i) => cand(i, SOURCE_BIT.Ann, { score: w.scores[i] }));
+          const got = mmrOrder(pool, depth, w.want, w.lambda, vectors);
+          const m = Math.min(depth, w.m);
+          const packed = new Float32Array(m * w.dim);
+          vectors.gather(Uint32Array.from({ length: m }, (_, i) => i), packed);
+          assert.deepEqual(got, mmrPackedJs(w.scores, m, Math.min(w.want, m), w.lambda, packed, w.dim));
+        }),
+        { numRuns: 200 },
+      );
+    });
+
+    it('when the native call gets bad arguments, then it throws coded errors', () => {
+      const mmr = internals.mmr!;
+      const rows = new Float32Array(8);
+      const scores = new Float64Array(4);
+      const order = new Uint32Array(4);
+      const code = (fn: () => unknown, want: string) => assert.throws(fn, (e: NodeJS.ErrnoException) => e.code === want);
+      code(() => mmr(undefined, rows, 2, 5, scores, 0.5, 2, order), 'ERR_DIMENSION_MISMATCH');
+      code(() => mmr(undefined, rows, 0, 1, scores, 0.5, 1, order), 'ERR_INVALID_ARG');
+      code(() => mmr(undefined, rows, 2, 4, new Float64Array(3), 0.5, 2, order), 'ERR_INVALID_ARG');
+      code(() => mmr(undefined, rows, 2, 4, scores, 0.5, 4, new Uint32Array(3)), 'ERR_INVALID_ARG');
+      code(() => mmr(undefined, rows, 2, 4, Array.from(scores) as unknown as Float64Array, 0.5, 2, order), 'ERR_INVALID_ARG');
+      code(() => mmr('bogus' as SimdLevel, rows, 2, 4, scores, 0.5, 2, order), 'ERR_INVALID_ARG');
+      assert.equal(mmr(undefined, rows, 2, 4, scores, 0.5, 0, new Uint32Array(0)), 0);
+    });
   });
 });
