@@ -63,7 +63,8 @@ const PHASE_START_DELAY_MS = 300;
 const PHASE_GAP_MS = 500;
 
 const repoRoot = path.resolve(__dirname, '..', '..');
-const mainJs = path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
+/** The server under test: this checkout's, or FUNNEL_BENCH_SERVER (another build's dist/src/cli/main.js, e.g. a baseline commit's) with this bench. */
+const mainJs = process.env.FUNNEL_BENCH_SERVER ? path.resolve(process.env.FUNNEL_BENCH_SERVER) : path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
 const log = progressLog();
 
 /** One printed and JSON-emitted row. */

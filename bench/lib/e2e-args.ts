@@ -90,6 +90,8 @@ workers and overload
                         maximum (default 0.5,1.5,3; "none" for none): goodput, p99 of OK answers
                         and failures by status code, against the issue's overload targets
 tracing
+  environment: FUNNEL_BENCH_SERVER=PATH measures another build's dist/src/cli/main.js (a
+  baseline commit's) with this same bench
   --tracing-rate R      after the phases above, restart the server with 100% sampling exporting
                         OTLP/HTTP (protobuf) to a receiver in this process on loopback, and repeat
                         the Health and Retrieve maximum-throughput phases (the Health one, so both
