@@ -164,11 +164,54 @@ export const pipelineSchema = z
   })
   .strict();
 
+/**
+ * Admission of Retrieve calls under load: an adaptive concurrency limit (AIMD on the latency of
+ * answered calls against their no-load latency) under the hard `max_in_flight`, a short LIFO wait
+ * for a slot, and a deadline check. Every refusal is RESOURCE_EXHAUSTED, decided before the
+ * request is decoded.
+ */
+export const admissionSchema = z
+  .object({
+    adaptive: z
+      .boolean()
+      .default(true)
+      .describe('adapt the concurrency limit between min_limit and max_in_flight to the observed latency (false: the limit is max_in_flight)'),
+    min_limit: int(1, 1_000_000).default(4).describe('lowest the adaptive limit goes (calls in flight always allowed, up to max_in_flight)'),
+    initial_limit: int(1, 1_000_000)
+      .default(8)
+      .describe('adaptive limit at start; it does not grow past this until the no-load latency has been measured (clamped to [min_limit, max_in_flight])'),
+    latency_tolerance: z
+      .number()
+      .min(1.1)
+      .max(100)
+      .default(3)
+      .describe(
+        'the limit backs off (x0.9) after a window whose median latency is over this multiple of the no-load median (of calls that ran alone), and grows by 1 after a window that reached it with the latency under',
+      ),
+    window_ms: int(10, 60_000).default(100).describe('length of a latency window (at least 10 answered calls each) (milliseconds)'),
+    queue_timeout_ms: int(0, 60_000)
+      .default(20)
+      .describe(
+        'longest a call that finds the adaptive limit reached waits for a slot (newest first) before RESOURCE_EXHAUSTED, and never past its deadline less the current median latency; at most max_in_flight calls wait; 0 = no waiting (milliseconds)',
+      ),
+    deadline_check: z
+      .boolean()
+      .default(true)
+      .describe('while other calls are in flight, refuse at once a call whose deadline leaves less than the median latency of the last window (it could only end degraded or DEADLINE_EXCEEDED)'),
+  })
+  .strict();
+
 /** Server-wide limits, enforced before any work is done. */
 export const limitsSchema = z
   .object({
     max_message_bytes: int(1024, 256 << 20).default(4 << 20).describe('largest gRPC message received'),
-    max_in_flight: int(1, 1_000_000).default(128).describe('Retrieve calls in flight; past it RESOURCE_EXHAUSTED at once'),
+    max_in_flight: int(1, 1_000_000)
+      .default(128)
+      .describe('Retrieve calls in flight, the ceiling of the adaptive limit (limits.admission); past it RESOURCE_EXHAUSTED at once'),
+    admission: admissionSchema.default(() => admissionSchema.parse({})).describe('adaptive concurrency limit, wait for a slot and deadline check of Retrieve'),
+    max_concurrent_streams: int(0, 1_000_000)
+      .default(100)
+      .describe('HTTP/2 streams one client connection may have open at once (grpc.max_concurrent_streams; 0 = no limit); a server option: applies after a restart'),
     shed_event_loop_lag_ms: int(0, 60_000)
       .default(40)
       .describe('shed new Retrieve calls (RESOURCE_EXHAUSTED) while the event loop runs this late: calls queued before the handler are invisible to max_in_flight (0 = off)'),
@@ -298,6 +341,7 @@ export type PipelineConfig = z.infer<typeof pipelineSchema>;
 export type ExperimentsConfig = z.infer<typeof experimentsSchema>;
 export type StagesConfig = z.infer<typeof stagesSchema>;
 export type LimitsConfig = z.infer<typeof limitsSchema>;
+export type AdmissionConfig = z.infer<typeof admissionSchema>;
 export type PopularityConfig = z.infer<typeof popularitySchema>;
 export type TracingConfig = z.infer<typeof tracingSchema>;
 export type CheckpointConfig = z.infer<typeof checkpointSchema>;

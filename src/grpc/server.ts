@@ -24,6 +24,7 @@ import type { StageObserver } from '../pipeline/run-stage';
 import { sourceNames, type RetrieveQuery, type StageReport } from '../pipeline/types';
 import { AD_ID } from '../store/catalog-schema';
 import type { ServingState } from '../serving/state';
+import { AdmissionControl, type Permit, type Refusal, type ShedReason, type Waiting } from './admission';
 import { decodeRetrieveRequest, encodeRetrieveResponse, type DecodedRetrieve, type RetrieveResponseMessage } from './codec';
 import { retrieveFromJson } from './request-json';
 import { LoopLag } from './loop-lag';
@@ -65,14 +66,25 @@ export interface ServerHooks {
   onRpc?(method: string, code: grpc.status, ms: number): void;
   /** Called per Retrieve with the degraded stages (may be empty). */
   onRetrieve?(pipeline: string, degradedStages: string[]): void;
-  /** Called when a Retrieve is shed for overload. */
-  onShed?(): void;
+  /** Called when a Retrieve is shed for overload, with the reason (the label of funnel_shed_requests_total). */
+  onShed?(reason: ShedReason): void;
 }
 
 /** Names the health service reports. */
 export const HEALTH_SERVICES = ['', 'funnel.v1.Retrieval', 'funnel.v1.Admin'];
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>) => void;
+
+/** A call answered before its handler runs: refused, with no Error built (refusals are the overload path). */
+interface EarlyAnswer {
+  kind: 'early';
+  code: grpc.status;
+  details: string;
+}
+
+function early(code: grpc.status, details: string): EarlyAnswer {
+  return { kind: 'early', code, details };
+}
 
 function toStatus(err: unknown): { code: grpc.status; details: string } {
   if (err instanceof RpcError) return { code: err.code, details: err.details };
@@ -92,12 +104,16 @@ export class FunnelServer {
   private readonly health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
   private funnel_: Funnel | undefined;
   private state_: ServingState | undefined;
-  private inFlight = 0;
+  /** Retrieve (and Explain) calls in flight and the adaptive limit on them. */
+  private readonly admission: AdmissionControl;
   /** Unary calls of both services in flight (the drain waits for these, not for health watches). */
   private calls = 0;
   private readonly loopLag = new LoopLag().start();
   private draining = false;
   private boundPort = 0;
+  /** Fires when the first waiting Retrieve's time runs out (admission.nextExpiryMs()). */
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private expiryAtMs = Infinity;
   private config_: Config;
 
   constructor(
@@ -108,6 +124,7 @@ export class FunnelServer {
     private readonly telemetry: ServerTelemetry = {},
   ) {
     this.config_ = config;
+    this.admission = new AdmissionControl((limit) => telemetry.metrics?.concurrencyLimit(limit));
     telemetry.tracer?.setSampleRatio(config.tracing.sample_ratio);
     this.server = new grpc.Server({
       'grpc.max_receive_message_length': config.limits.max_message_bytes,
@@ -115,18 +132,30 @@ export class FunnelServer {
       // Clients re-resolve (and find pods the autoscaler added) when a connection ages out.
       'grpc.max_connection_age_ms': 300_000,
       'grpc.max_connection_age_grace_ms': 30_000,
+      // Channelz's per-call bookkeeping (timestamps, counters) is paid by every call, refused ones
+      // included, and nothing here serves channelz.
+      'grpc.enable_channelz': 0,
+      // One connection cannot flood the server with streams: past the cap its client holds them.
+      ...(config.limits.max_concurrent_streams > 0 && { 'grpc.max_concurrent_streams': config.limits.max_concurrent_streams }),
     });
     const def = packageDefinition();
     const retrieval = { ...(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
-    // Retrieve's request is decoded by our codec: the embedding is copied once, straight into a Float32Array.
-    // ... and its answer encoded straight into bytes, without protobufjs's fromObject pass.
+    // Retrieve's request reaches the handler as its bytes, decoded by our codec only once the call
+    // is admitted (a refusal under overload costs no decoding); the embedding is copied once,
+    // straight into a Float32Array. Its answer is encoded straight into bytes, without
+    // protobufjs's fromObject pass.
     retrieval.Retrieve = {
       ...retrieval.Retrieve,
-      requestDeserialize: (b: Buffer) => decodeRetrieveRequest(b),
+      requestDeserialize: (b: Buffer) => b,
       responseSerialize: (m: RetrieveResponseMessage) => encodeRetrieveResponse(m),
     };
     this.server.addService(retrieval, {
-      Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)),
+      Retrieve: this.unary(
+        'funnel.v1.Retrieval',
+        'Retrieve',
+        (call: grpc.ServerUnaryCall<Buffer, unknown>, t, permit) => this.retrieve(call, t, permit),
+        (call, resume) => this.admit(call, resume),
+      ),
       Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call: grpc.ServerUnaryCall<ExplainMessage, unknown>, t) => this.explain(call, t)),
     });
     const admin = def['funnel.v1.Admin'] as grpc.ServiceDefinition;
@@ -151,6 +180,12 @@ export class FunnelServer {
       this.log.warn(
         { was: this.config_.limits.max_message_bytes, now: c.limits.max_message_bytes },
         'limits.max_message_bytes is a gRPC server option: the new value applies after a restart',
+      );
+    }
+    if (c.limits.max_concurrent_streams !== this.config_.limits.max_concurrent_streams) {
+      this.log.warn(
+        { was: this.config_.limits.max_concurrent_streams, now: c.limits.max_concurrent_streams },
+        'limits.max_concurrent_streams is a gRPC server option: the new value applies after a restart',
       );
     }
     this.funnel_?.prepare(c);
@@ -180,7 +215,12 @@ export class FunnelServer {
 
   /** Retrieve calls in flight. */
   get inFlightCount(): number {
-    return this.inFlight;
+    return this.admission.inFlight;
+  }
+
+  /** The limit on Retrieve calls in flight now (adaptive unless limits.admission.adaptive is false). */
+  get concurrencyLimit(): number {
+    return this.admission.limit(this.config_.limits);
   }
 
   /** Sustained event-loop lag, ms. */
@@ -238,11 +278,13 @@ export class FunnelServer {
       this.server.tryShutdown(finish);
     });
     this.loopLag.stop();
+    this.disarmExpiry();
   }
 
   /** Stops at once (tests). */
   forceStop(): void {
     this.loopLag.stop();
+    this.disarmExpiry();
     this.server.forceShutdown();
   }
 
@@ -253,7 +295,17 @@ export class FunnelServer {
     return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: fs.readFileSync(tls.cert), private_key: fs.readFileSync(tls.key) }], Boolean(tls.clientCa));
   }
 
-  private unary<Req, Res>(service: string, method: string, fn: (call: grpc.ServerUnaryCall<Req, Res>, trace: CallTrace) => Promise<Res>): Unary<Req, Res> {
+  /**
+   * A handler that answers exactly once, with its RPC metric, hook and span. `admit`, when given,
+   * runs first, synchronously: a refusal is answered at once, without running `fn`; a call told
+   * to wait runs (or is answered) when `admit`'s `resume` is called.
+   */
+  private unary<Req, Res>(
+    service: string,
+    method: string,
+    fn: (call: grpc.ServerUnaryCall<Req, Res>, trace: CallTrace, permit?: Permit) => Promise<Res>,
+    admit?: (call: grpc.ServerUnaryCall<Req, Res>, resume: (a: Permit | EarlyAnswer) => void) => Permit | EarlyAnswer | Waiting,
+  ): Unary<Req, Res> {
     return (call, callback) => {
       const started = process.hrtime.bigint();
       let answered = false;
@@ -272,14 +324,25 @@ export class FunnelServer {
         if (err) callback(err as grpc.ServiceError);
         else callback(null, res);
       };
-      fn(call, t).then(
-        (res) => answer(null, res),
-        (err) => {
-          const s = toStatus(err);
-          if (s.code === grpc.status.INTERNAL) this.log.error({ method, err: (err as Error)?.stack ?? String(err) }, 'handler failed');
-          answer(s);
-        },
-      );
+      const run = (permit?: Permit) =>
+        fn(call, t, permit).then(
+          (res) => answer(null, res),
+          (err) => {
+            const s = toStatus(err);
+            if (s.code === grpc.status.INTERNAL) this.log.error({ method, err: (err as Error)?.stack ?? String(err) }, 'handler failed');
+            answer(s);
+          },
+        );
+      if (!admit) {
+        run();
+        return;
+      }
+      const resume = (a: Permit | EarlyAnswer) => {
+        if (a.kind === 'early') answer(a);
+        else run(a);
+      };
+      const a = admit(call, resume);
+      if (a.kind !== 'waiting') resume(a);
     };
   }
 
@@ -305,13 +368,13 @@ export class FunnelServer {
     if (!tokenMatches(m[1], token)) throw new RpcError(grpc.status.UNAUTHENTICATED, 'the bearer token does not match');
   }
 
-  private async retrieve(call: grpc.ServerUnaryCall<DecodedRetrieve, unknown>, t: CallTrace): Promise<unknown> {
-    const run = await this.execute(call, call.request, t, false);
+  private async retrieve(call: grpc.ServerUnaryCall<Buffer, unknown>, t: CallTrace, permit?: Permit): Promise<unknown> {
+    const run = await this.execute(call, () => decodeRetrieveRequest(call.request), t, false, '', permit);
     this.telemetry.requestLog?.record({
       timeMs: Date.now(),
       pipeline: run.query.pipeline,
       dataSeq: run.result.seq,
-      request: call.request,
+      request: run.request,
       adIds: run.response.candidates.map((c) => c.ad_id),
     });
     return run.response;
@@ -348,41 +411,104 @@ export class FunnelServer {
     return { response: run.response, ads };
   }
 
-  /** Runs one Retrieve (shedding, validation, the funnel, the last re-check) and builds its response; `traced` keeps what each stage handed on. */
+  /**
+   * Admission of a Retrieve or Explain, before its request is decoded: a permit (the call now
+   * counts in flight), or the answer to give at once: UNAVAILABLE while loading or draining,
+   * DEADLINE_EXCEEDED when the deadline has passed, RESOURCE_EXHAUSTED when shed (counted by
+   * reason). Given `resume`, a call that finds the adaptive limit reached may wait for a slot
+   * instead (limits.admission.queue_timeout_ms): `resume` then hears its permit or answer once.
+   */
+  private admit(call: grpc.ServerUnaryCall<unknown, unknown>): Permit | EarlyAnswer;
+  private admit(call: grpc.ServerUnaryCall<unknown, unknown>, resume: (a: Permit | EarlyAnswer) => void): Permit | EarlyAnswer | Waiting;
+  private admit(call: grpc.ServerUnaryCall<unknown, unknown>, resume?: (a: Permit | EarlyAnswer) => void): Permit | EarlyAnswer | Waiting {
+    if (this.draining) return early(grpc.status.UNAVAILABLE, 'server is shutting down');
+    if (!this.state_ || !this.funnel_) return early(grpc.status.UNAVAILABLE, 'the data is still loading');
+    const d = call.getDeadline();
+    const deadline = d instanceof Date ? d.getTime() : d;
+    const remainingMs = Number.isFinite(deadline) ? deadline - Date.now() : Infinity;
+    if (remainingMs <= 0) return early(grpc.status.DEADLINE_EXCEEDED, 'the deadline had passed before the call was handled');
+    const facts = { remainingMs, loopLagMs: this.loopLag.lagMs };
+    if (!resume) return this.admitted(this.admission.admit(performance.now(), this.config_.limits, facts));
+    let waiting: Waiting | undefined;
+    const onCancel = () => {
+      if (waiting && this.admission.cancel(waiting)) resume(early(grpc.status.CANCELLED, 'cancelled by the client while waiting for a slot'));
+    };
+    const a = this.admission.admit(performance.now(), this.config_.limits, facts, (outcome) => {
+      call.removeListener('cancelled', onCancel);
+      const answer = this.admitted(outcome);
+      if (answer.kind === 'admitted' && this.draining) {
+        this.admission.release(answer, performance.now(), this.config_.limits, false);
+        resume(early(grpc.status.UNAVAILABLE, 'server is shutting down'));
+      } else {
+        resume(answer);
+      }
+    });
+    if (a.kind !== 'waiting') return this.admitted(a);
+    waiting = a;
+    call.on('cancelled', onCancel);
+    this.armExpiry();
+    return a;
+  }
+
+  /** A permit as it is; a refusal counted (hook, metric) and turned into RESOURCE_EXHAUSTED. */
+  private admitted(a: Permit | Refusal): Permit | EarlyAnswer {
+    if (a.kind === 'admitted') return a;
+    this.hooks.onShed?.(a.reason);
+    this.telemetry.metrics?.shedRequest(a.reason);
+    return early(grpc.status.RESOURCE_EXHAUSTED, a.details);
+  }
+
+  /** Arms the timer for the first waiting call's expiry (earlier than the one armed, if any). */
+  private armExpiry(): void {
+    const next = this.admission.nextExpiryMs();
+    if (next === Infinity || (this.expiryTimer && this.expiryAtMs <= next)) return;
+    this.disarmExpiry();
+    this.expiryAtMs = next;
+    this.expiryTimer = setTimeout(
+      () => {
+        this.expiryTimer = undefined;
+        this.expiryAtMs = Infinity;
+        this.admission.expire(performance.now(), this.config_.limits);
+        this.armExpiry();
+      },
+      Math.max(0, Math.ceil(next - performance.now())),
+    );
+  }
+
+  private disarmExpiry(): void {
+    if (this.expiryTimer) clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
+    this.expiryAtMs = Infinity;
+  }
+
+  /**
+   * Runs one Retrieve (decoding, validation, the funnel, the last re-check) under `admitted` (or
+   * admits it first: Explain) and builds its response; `request` is decoded only once the call is
+   * admitted; `traced` keeps what each stage handed on.
+   */
   private async execute(
     call: grpc.ServerUnaryCall<unknown, unknown>,
-    req: DecodedRetrieve,
+    request: DecodedRetrieve | (() => DecodedRetrieve),
     t: CallTrace,
     traced: boolean,
     fieldPrefix = '',
-  ): Promise<{ query: RetrieveQuery; pipeline: PipelineConfig; result: FunnelResult; response: RetrieveResponseMessage; returnedIds: number[] }> {
-    if (this.draining) throw new RpcError(grpc.status.UNAVAILABLE, 'server is shutting down');
-    const state = this.state;
-    const funnel = this.funnel;
-    const config = this.config_;
-    if (this.inFlight >= config.limits.max_in_flight) {
-      this.hooks.onShed?.();
-      this.telemetry.metrics?.shedRequest('max_in_flight');
-      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `over capacity: ${this.inFlight} requests in flight (limits.max_in_flight)`);
-    }
-    const lag = config.limits.shed_event_loop_lag_ms;
-    if (lag > 0 && this.loopLag.lagMs > lag) {
-      this.hooks.onShed?.();
-      this.telemetry.metrics?.shedRequest('event_loop_lag');
-      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `over capacity: the event loop runs ${Math.round(this.loopLag.lagMs)} ms late (limits.shed_event_loop_lag_ms)`);
-    }
-    const d = call.getDeadline();
-    const callDeadline = d instanceof Date ? d.getTime() : d;
-    if (Number.isFinite(callDeadline) && callDeadline <= Date.now()) {
-      throw new RpcError(grpc.status.DEADLINE_EXCEEDED, 'the deadline had passed before the call was handled');
-    }
-    this.inFlight++;
+    admitted?: Permit,
+  ): Promise<{ request: DecodedRetrieve; query: RetrieveQuery; pipeline: PipelineConfig; result: FunnelResult; response: RetrieveResponseMessage; returnedIds: number[] }> {
+    const permit = admitted ?? this.admit(call);
+    if (permit.kind === 'early') throw new RpcError(permit.code, permit.details);
+    let measured = false;
     const abort = new AbortController();
     const onCancel = () => abort.abort(new Error('cancelled by the client'));
     call.on('cancelled', onCancel);
     try {
+      const state = this.state;
+      const funnel = this.funnel;
+      const config = this.config_;
+      const req = typeof request === 'function' ? request() : request;
       const routed = route(config, typeof req.user_id === 'string' ? req.user_id : '', typeof req.pipeline === 'string' ? req.pipeline : '');
       const query = withFieldPrefix(fieldPrefix, () => validateRetrieve(req, config, state.dim, routed.pipeline));
+      const d = call.getDeadline();
+      const callDeadline = d instanceof Date ? d.getTime() : d;
       const deadlineMs = Number.isFinite(callDeadline) ? callDeadline : Date.now() + config.limits.default_deadline_ms;
       const metrics = this.telemetry.metrics;
       const recordStage = metrics ? (r: StageReport) => metrics.stage(query.pipeline, r) : undefined;
@@ -399,6 +525,7 @@ export class FunnelServer {
         });
       }
       const pipeline = config.pipelines[query.pipeline];
+      measured = true;
       const result = await funnel.run(query, pipeline, deadlineMs, abort.signal, observer, traced);
       if (t) {
         t.setAttributes({ 'funnel.degraded': result.degradedStages.length > 0, 'funnel.data_seq': result.seq });
@@ -450,10 +577,10 @@ export class FunnelServer {
         pipeline: query.pipeline,
         data_seq: String(result.seq),
       };
-      return { query, pipeline, result, response, returnedIds: answered.map((c) => c.id) };
+      return { request: req, query, pipeline, result, response, returnedIds: answered.map((c) => c.id) };
     } finally {
       call.removeListener('cancelled', onCancel);
-      this.inFlight--;
+      this.admission.release(permit, performance.now(), this.config_.limits, measured);
     }
   }
 

@@ -8,6 +8,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ShedReason } from '../grpc/admission';
 import type { StageReport } from '../pipeline/types';
 
 /** Every metric this service defines (without histogram suffixes); dashboards and alerts may use only these and the defaults. */
@@ -24,6 +25,7 @@ export const METRIC_NAMES = [
   'funnel_degraded_stages_total',
   'funnel_inflight_requests',
   'funnel_shed_requests_total',
+  'funnel_concurrency_limit',
   'funnel_event_loop_lag_seconds',
   'funnel_index_size',
   'funnel_index_bytes',
@@ -65,6 +67,7 @@ export class Metrics {
   private readonly retrievesDegraded: Counter<'pipeline' | 'arm'>;
   private readonly degradedStages: Counter<'stage' | 'pipeline'>;
   private readonly shed: Counter<'reason'>;
+  private readonly limit: Gauge;
   private readonly reloads: Counter<'result'>;
   private readonly requestLog: Record<'written' | 'dropped', ReturnType<Counter['labels']>>;
   private readonly featureLog: Record<'written' | 'dropped', ReturnType<Counter['labels']>>;
@@ -89,7 +92,13 @@ export class Metrics {
     this.retrieves = new Counter({ name: 'funnel_retrieve_total', help: 'Retrieve answers, by pipeline and experiment arm', labelNames: ['pipeline', 'arm'], registers: [r] });
     this.retrievesDegraded = new Counter({ name: 'funnel_retrieve_degraded_total', help: 'Retrieve answers with at least one degraded stage', labelNames: ['pipeline', 'arm'], registers: [r] });
     this.degradedStages = new Counter({ name: 'funnel_degraded_stages_total', help: 'Stages dropped from an answer (failed or timed out)', labelNames: ['stage', 'pipeline'], registers: [r] });
-    this.shed = new Counter({ name: 'funnel_shed_requests_total', help: 'Retrieve calls refused with RESOURCE_EXHAUSTED, by reason', labelNames: ['reason'], registers: [r] });
+    this.shed = new Counter({
+      name: 'funnel_shed_requests_total',
+      help: 'Retrieve calls refused with RESOURCE_EXHAUSTED, by reason: max_in_flight, concurrency_limit (the adaptive limit), queue_timeout, event_loop_lag, deadline',
+      labelNames: ['reason'],
+      registers: [r],
+    });
+    this.limit = new Gauge({ name: 'funnel_concurrency_limit', help: 'The adaptive limit on Retrieve calls in flight (limits.admission)', registers: [r] });
     this.reloads = new Counter({ name: 'funnel_config_reloads_total', help: 'Config reloads, by result', labelNames: ['result'], registers: [r] });
     // Both series exist from the start, so increase() sees the first failure.
     this.reloads.inc({ result: 'ok' }, 0);
@@ -270,8 +279,13 @@ export class Metrics {
   }
 
   /** Records a shed call. */
-  shedRequest(reason: 'max_in_flight' | 'event_loop_lag'): void {
+  shedRequest(reason: ShedReason): void {
     this.shed.inc({ reason });
+  }
+
+  /** Records the adaptive concurrency limit after a change. */
+  concurrencyLimit(limit: number): void {
+    this.limit.set(limit);
   }
 
   /** Counts `n` request-log lines written or dropped. */
