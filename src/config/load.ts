@@ -1,11 +1,15 @@
 /**
  * Reads the YAML stage config: resolves pipeline `inherits` (a pipeline starts as a deep copy of
  * its parent's raw blocks, then its own keys override, as Vespa rank profiles), validates with
- * the zod schema and reports every problem as `path: reason`.
+ * the zod schema and reports every problem as `path: reason`. The EarlyRanker's ONNX models are
+ * part of the config: each is read, validated and loaded with it (README, "Early ranker
+ * models"), and a model that fails is a config problem like any other.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { parseDocument } from 'yaml';
-import { configSchema, type Config } from './schema';
+import { loadModel, loadModelSync, type ModelRole } from '../stages/ranking/onnx-host';
+import { configSchema, type Config, type OnnxModelConfig } from './schema';
 
 /** A config that does not parse or validate; `issues` are `path: reason` lines. */
 export class ConfigError extends Error {
@@ -23,6 +27,8 @@ const isObject = (v: unknown): v is Raw => v !== null && typeof v === 'object' &
 
 function deepMerge(base: unknown, over: unknown): unknown {
   if (!isObject(base) || !isObject(over)) return over === undefined ? structuredClone(base) : structuredClone(over);
+  // A block of another `kind` (an EarlyRanker model) replaces its parent's instead of merging with it.
+  if ('kind' in over && over.kind !== base.kind) return structuredClone(over);
   const out: Raw = structuredClone(base);
   for (const [k, v] of Object.entries(over)) out[k] = k in out ? deepMerge(out[k], v) : structuredClone(v);
   return out;
@@ -73,8 +79,51 @@ function resolveInherits(raw: Raw, issues: string[]): void {
   }
 }
 
+/** How a config's ONNX models are handled while it is parsed. */
+export interface ParseOptions {
+  /** Directory relative model paths start from (default: the directory of `source` when it names a file, else the working directory). */
+  baseDir?: string;
+  /** `load` (default): load and validate them now, blocking until done (start, CLI); `skip`: leave that to loadConfigModels() (hot reload). */
+  models?: 'load' | 'skip';
+}
+
+/** Each ONNX model block of `config`, with its config path and the worker role it runs in. */
+function modelBlocks(config: Config): { where: string; cfg: OnnxModelConfig; role: ModelRole }[] {
+  const out: { where: string; cfg: OnnxModelConfig; role: ModelRole }[] = [];
+  for (const [name, p] of Object.entries(config.pipelines)) {
+    const r = p.stages.EarlyRanker;
+    const where = `pipelines.${name}.stages.EarlyRanker`;
+    if (r.model.kind === 'onnx') out.push({ where: `${where}.model`, cfg: r.model, role: 'serve' });
+    if (r.shadow_model?.kind === 'onnx') out.push({ where: `${where}.shadow_model`, cfg: r.shadow_model, role: 'shadow' });
+  }
+  return out;
+}
+
+function defaultBaseDir(source: string): string {
+  try {
+    if (fs.statSync(source).isFile()) return path.dirname(path.resolve(source));
+  } catch {
+    /* not a file: a label such as "builtin" */
+  }
+  return process.cwd();
+}
+
+/** Loads and validates every ONNX model of `config` without blocking (hot reload); throws ConfigError naming each model that fails. */
+export async function loadConfigModels(config: Config, source = 'config'): Promise<void> {
+  const blocks = modelBlocks(config);
+  const issues: string[] = [];
+  for (const b of blocks) {
+    try {
+      await loadModel(b.cfg, b.role);
+    } catch (err) {
+      issues.push(`${b.where}: ${b.cfg.path}: ${(err as Error).message}`);
+    }
+  }
+  if (issues.length > 0) throw new ConfigError(source, issues);
+}
+
 /** Validates a parsed (plain object) config; throws ConfigError listing every problem. */
-export function parseConfigObject(raw: unknown, source = 'config'): Config {
+export function parseConfigObject(raw: unknown, source = 'config', options: ParseOptions = {}): Config {
   if (raw === null || raw === undefined) raw = {};
   if (!isObject(raw)) throw new ConfigError(source, ['(root): expected a mapping']);
   const copy = structuredClone(raw);
@@ -88,11 +137,27 @@ export function parseConfigObject(raw: unknown, source = 'config'): Config {
       parsed.error.issues.map((i) => `${formatPath(i.path)}: ${i.message}`),
     );
   }
-  return parsed.data;
+  const config = parsed.data;
+  const blocks = modelBlocks(config);
+  if (blocks.length > 0) {
+    const base = options.baseDir ?? defaultBaseDir(source);
+    for (const b of blocks) b.cfg.path = path.resolve(base, b.cfg.path);
+    if (options.models !== 'skip') {
+      for (const b of blocks) {
+        try {
+          loadModelSync(b.cfg, b.role);
+        } catch (err) {
+          issues.push(`${b.where}: ${b.cfg.path}: ${(err as Error).message}`);
+        }
+      }
+      if (issues.length > 0) throw new ConfigError(source, issues);
+    }
+  }
+  return config;
 }
 
 /** Parses YAML text into a validated config. */
-export function parseConfigText(text: string, source = 'config'): Config {
+export function parseConfigText(text: string, source = 'config', options: ParseOptions = {}): Config {
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
@@ -100,7 +165,7 @@ export function parseConfigText(text: string, source = 'config'): Config {
       doc.errors.map((e) => `line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`),
     );
   }
-  return parseConfigObject(doc.toJS(), source);
+  return parseConfigObject(doc.toJS(), source, options);
 }
 
 /** Reads and validates a YAML config file. */

@@ -98,11 +98,49 @@ export const filtersStageSchema = z
   })
   .strict();
 
+/** The EarlyRanker's features, in the order of its linear weights (CONTRACT sections 2 and 7): the names an ONNX model's `features` may list. */
+export const RANKER_FEATURES = ['ann_similarity', 'ctr_prior_logit', 'popularity_rate', 'quality', 'source_ann', 'source_targeting', 'source_popularity'] as const;
+export type RankerFeatureName = (typeof RANKER_FEATURES)[number];
+
+/** The default pCTR model: sigmoid over the stage's `weights`. */
+const linearModelSchema = z.object({ kind: z.literal('linear') }).strict();
+
+/** An ONNX pCTR model (CONTRACT section 7): one float32 input [batch, len(features)], one float32 output [batch] or [batch, 1] in [0, 1]. */
+const onnxModelSchema = z
+  .object({
+    kind: z.literal('onnx'),
+    path: z.string().min(1).describe('the .onnx file; a relative path is taken from the config file’s directory. Read, validated and loaded once per config load'),
+    features: z
+      .array(z.enum(RANKER_FEATURES))
+      .min(1)
+      .max(RANKER_FEATURES.length)
+      .refine((f) => new Set(f).size === f.length, 'lists a feature twice')
+      .describe('the input columns, in order: names of the linear weights (bias excluded)'),
+    input: z.string().min(1).nullable().default(null).describe("the model input's name; null = the model's only input, whatever its name"),
+    output: z.string().min(1).nullable().default(null).describe("the output holding pCTR; null = the model's only output"),
+    threads: int(1, 64).default(1).describe('onnxruntime intra-op threads of the model’s worker thread'),
+    fault: faultSchema.describe('fault injection of the model alone (drills, tests): delays or fails its runs, as a late or broken model would'),
+  })
+  .strict();
+
+const modelSchema = z.discriminatedUnion('kind', [linearModelSchema, onnxModelSchema]);
+const shadowShare = z.number().min(0).max(1).default(0.1).describe('share of requests the shadow model scores too (0..1)');
+
 /** EarlyRanker: eCPM = bid x pCTR with a logistic pCTR model. */
 export const earlyRankerStageSchema = z
   .object({
     ...stageBase,
     keep: int(1, 100_000).default(300).describe('candidates kept after ranking (the depth the diversifier sees)'),
+    model: modelSchema
+      .default({ kind: 'linear' })
+      .describe(
+        'the pCTR model: {kind: linear} (the weights below) or {kind: onnx, path, features}. A model that is late (past timeout_ms less a reserve) or fails falls back to the weights for that request, and the stage is named in degraded_stages',
+      ),
+    shadow_model: z
+      .discriminatedUnion('kind', [linearModelSchema.extend({ sample: shadowShare }), onnxModelSchema.extend({ sample: shadowShare })])
+      .nullable()
+      .default(null)
+      .describe('a second model scoring a sampled share of requests off the answer path; its rank correlation and pCTR drift against the serving model go to metrics. null = none'),
     weights: z
       .object({
         bias: z.number().default(-1.0),
@@ -351,5 +389,8 @@ export type TargetingStageConfig = z.infer<typeof targetingStageSchema>;
 export type PopularityStageConfig = z.infer<typeof popularityStageSchema>;
 export type FiltersStageConfig = z.infer<typeof filtersStageSchema>;
 export type EarlyRankerStageConfig = z.infer<typeof earlyRankerStageSchema>;
+export type RankerModelConfig = EarlyRankerStageConfig['model'];
+export type OnnxModelConfig = z.infer<typeof onnxModelSchema>;
+export type ShadowModelConfig = NonNullable<EarlyRankerStageConfig['shadow_model']>;
 export type DiversifierStageConfig = z.infer<typeof diversifierStageSchema>;
 export type StageName = keyof StagesConfig;

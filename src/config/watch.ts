@@ -3,11 +3,14 @@
  * swap a `..data` symlink, which a watch on the file itself would miss), events are debounced,
  * and the file is re-read, validated and handed over only when its content changed. A bad file
  * is refused and reported; the caller keeps the config it had. SIGHUP goes through reload().
+ * The config's ONNX models are loaded and validated off the event loop before it is handed
+ * over: requests go on with the previous config meanwhile, and a model that fails refuses the
+ * file like any other config error.
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ConfigError, parseConfigText } from './load';
+import { ConfigError, loadConfigModels, parseConfigText } from './load';
 import type { Config } from './schema';
 
 /** What a reload did. */
@@ -67,8 +70,10 @@ export class ConfigWatcher {
   }
 
   private run(explicit: boolean): Promise<ReloadOutcome> {
-    // One reload at a time; a request during one gets its outcome.
-    this.running ??= Promise.resolve()
+    // One reload at a time. A request during one (an event, SIGHUP) reads the file again after
+    // it: a reload that waits for a model may have read the file before the change that asked.
+    if (this.running) return this.running.then(() => this.run(explicit));
+    this.running = Promise.resolve()
       .then(() => this.readAndApply(explicit))
       .finally(() => {
         this.running = undefined;
@@ -76,7 +81,7 @@ export class ConfigWatcher {
     return this.running;
   }
 
-  private readAndApply(explicit: boolean): ReloadOutcome {
+  private async readAndApply(explicit: boolean): Promise<ReloadOutcome> {
     let text: string;
     try {
       text = fs.readFileSync(this.file, 'utf8');
@@ -96,7 +101,8 @@ export class ConfigWatcher {
     }
     let config: Config;
     try {
-      config = parseConfigText(text, this.file);
+      config = parseConfigText(text, this.file, { models: 'skip' });
+      await loadConfigModels(config, this.file);
     } catch (err) {
       const error = err instanceof ConfigError ? err : new ConfigError(this.file, [(err as Error).message]);
       // The bad text is remembered so the same bad file is not reported on every event.

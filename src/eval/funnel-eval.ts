@@ -96,10 +96,11 @@ export class FunnelEvaluator {
   }
 
   /** The reference's top N for a traced run: Filters and the EarlyRanker (keep N) over every eligible ad, at the run's time. */
-  reference(query: RetrieveQuery, pipeline: PipelineConfig, result: FunnelResult, n: number): Candidate[] {
+  async reference(query: RetrieveQuery, pipeline: PipelineConfig, result: FunnelResult, n: number): Promise<Candidate[]> {
     const eligible = result.trace?.eligible;
     if (!eligible) return [];
-    const stages = { ...pipeline.stages, EarlyRanker: { ...pipeline.stages.EarlyRanker, keep: Math.max(1, n) } };
+    // The reference is not served: its model (if any) gets all the time it needs, and no shadow runs.
+    const stages = { ...pipeline.stages, EarlyRanker: { ...pipeline.stages.EarlyRanker, keep: Math.max(1, n), timeout_ms: 600_000, shadow_model: null } };
     const ctx: StageContext = {
       query,
       pipeline: { ...pipeline, stages },
@@ -113,15 +114,23 @@ export class FunnelEvaluator {
     if (n <= 0) return [];
     // The top N of the union is the top N of each chunk's top N.
     let best: Candidate[] = [];
-    forEligibleChunks(eligible, (chunk) => {
-      best = this.ranker.run(ctx, best.concat(this.filters.run(ctx, chunk)));
-    });
+    if (stages.EarlyRanker.model.kind === 'linear') {
+      // The linear ranker answers synchronously (no shadow here).
+      forEligibleChunks(eligible, (chunk) => {
+        best = this.ranker.run(ctx, best.concat(this.filters.run(ctx, chunk))) as Candidate[];
+      });
+      return best;
+    }
+    // A model answers asynchronously: the chunks are ranked one after the other.
+    const chunks: Candidate[][] = [];
+    forEligibleChunks(eligible, (chunk) => chunks.push(this.filters.run(ctx, chunk)));
+    for (const chunk of chunks) best = await this.ranker.run(ctx, best.concat(chunk));
     return best;
   }
 
   /** Evaluates one validated request. */
   async evaluate(query: RetrieveQuery): Promise<RequestEval> {
-    return this.score(await this.run(query));
+    return await this.score(await this.run(query));
   }
 
   /** Runs `query` through the funnel, traced, timing it (wall and the process's CPU over every thread). */
@@ -136,11 +145,11 @@ export class FunnelEvaluator {
   }
 
   /** Compares a run with the exhaustive reference: recall, eCPM share, and where each lost ad was lost. */
-  score(run: FunnelRun): RequestEval {
+  async score(run: FunnelRun): Promise<RequestEval> {
     const { query, result, latencyMs, cpuMs } = run;
     const pipeline = this.config.pipelines[query.pipeline];
     const n = query.numResults;
-    const ref = this.reference(query, pipeline, result, n);
+    const ref = await this.reference(query, pipeline, result, n);
     const topList = result.ranked.slice(0, n);
     const top = new Set(topList.map((c) => c.id));
     let held = 0;
@@ -363,7 +372,7 @@ export async function evaluateAll(
         }
       }
       for (const { label, ev, run } of runs) {
-        const e = ev.score(run);
+        const e = await ev.score(run);
         // Routing may send requests to several pipelines: one summary each.
         const key = `${label}\u0000${e.pipeline}`;
         let list = results.get(key);

@@ -1,8 +1,9 @@
 /**
  * The funnel, reading like its config: Eligibility, then the sourcing stages in parallel (Ann,
  * Targeting, Popularity), Merge, Filters, EarlyRanker, Diversifier. A sourcing stage that fails
- * or runs out of time is dropped and named in `degradedStages`; Filters fail closed (no
- * candidates), so no failure can break the eligibility invariant.
+ * or runs out of time is dropped and named in `degradedStages` (so is a stage that answered by
+ * its fallback, FALLBACK_NOTE); Filters fail closed (no candidates), so no failure can break the
+ * eligibility invariant.
  */
 import { randomUUID } from 'node:crypto';
 import type { Config, FeatureLogConfig, PipelineConfig } from '../config/schema';
@@ -18,7 +19,7 @@ import { BID_ORDER, priorKey } from '../serving/prior-order';
 import { PopularitySource } from '../stages/sourcing/popularity-source';
 import { captureFeatures, modelVersion, type FeatureRowSink } from './feature-capture';
 import { NO_OBSERVER, runStage, skippedReport, type ContextBase, type RunResult, type StageObserver } from './run-stage';
-import type { Candidate, EligibleSet, RetrieveQuery, Stage, StageContext, StageReport } from './types';
+import { FALLBACK_NOTE, type Candidate, type EligibleSet, type RetrieveQuery, type Stage, type StageContext, type StageReport } from './types';
 
 /** What each stage handed on, kept when a run is traced (Explain, funnel eval). */
 export interface FunnelTrace {
@@ -149,7 +150,7 @@ export class Funnel {
       if (byDeadline && r.report.status === 'timeout') deadlineCut = true;
       reports.push(r.report);
       pending.push(r.settled);
-      if (!r.ok) degraded.push(r.report.name);
+      if (!r.ok || r.report.detail[FALLBACK_NOTE] !== undefined) degraded.push(r.report.name);
       return r;
     };
     try {

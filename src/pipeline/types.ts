@@ -120,6 +120,13 @@ export interface StageContext {
  */
 export type RankedFeaturesSink = (kept: readonly Candidate[], ranked: readonly Candidate[], featuresOf: (c: Candidate) => RankerFeatures) => void;
 
+/**
+ * The note key of a stage that answered by its fallback path (the EarlyRanker's linear weights
+ * when its model failed or was late); its value says why. The funnel names such a stage in
+ * `degraded_stages`, as it names one that failed.
+ */
+export const FALLBACK_NOTE = 'fallback';
+
 /** A funnel stage: a name (also its config key) and business logic only. */
 export interface Stage<In, Out> {
   readonly name: string;

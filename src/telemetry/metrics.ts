@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ShedReason } from '../grpc/admission';
 import type { StageReport } from '../pipeline/types';
+import { onShadowOutcome, type ShadowListener, type ShadowOutcome } from '../stages/ranking/shadow';
 
 /** Every metric this service defines (without histogram suffixes); dashboards and alerts may use only these and the defaults. */
 export const METRIC_NAMES = [
@@ -36,10 +37,18 @@ export const METRIC_NAMES = [
   'funnel_trace_spans_total',
   'funnel_request_log_lines_total',
   'funnel_feature_log_lines_total',
+  'funnel_ranker_shadow_runs_total',
+  'funnel_ranker_shadow_rank_correlation',
+  'funnel_ranker_shadow_pctr_drift',
 ] as const;
 
 /** Latency buckets, seconds: sub-millisecond stages up to multi-second outliers. */
 const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+/** Buckets of Spearman's rho between the shadow and serving orders: fine near 1, where a candidate model should be. */
+const RANK_CORRELATION_BUCKETS = [-0.5, 0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1];
+/** Buckets of the mean |delta pCTR| between the shadow and serving models. */
+const PCTR_DRIFT_BUCKETS = [0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5];
 
 /** What the gauges read at scrape time. */
 export interface MetricsSource {
@@ -53,7 +62,7 @@ export interface MetricsSource {
 }
 
 /** The service's metrics on their own registry. */
-export class Metrics {
+export class Metrics implements ShadowListener {
   readonly registry = new Registry();
   private readonly rpcRequests: Counter<'service' | 'method' | 'code'>;
   private readonly rpcDuration: Histogram<'service' | 'method' | 'code'>;
@@ -71,6 +80,9 @@ export class Metrics {
   private readonly reloads: Counter<'result'>;
   private readonly requestLog: Record<'written' | 'dropped', ReturnType<Counter['labels']>>;
   private readonly featureLog: Record<'written' | 'dropped', ReturnType<Counter['labels']>>;
+  private readonly shadowRuns: Counter<'pipeline' | 'result'>;
+  private readonly shadowCorrelation: Histogram<'pipeline'>;
+  private readonly shadowDrift: Histogram<'pipeline'>;
   private source: MetricsSource | undefined;
   private readonly rpcChildren = new Map<string, { requests: ReturnType<Counter['labels']>; duration: ReturnType<Histogram['labels']> }>();
   private readonly stageChildren = new Map<
@@ -121,6 +133,28 @@ export class Metrics {
     this.featureLog = { written: featureLogLines.labels({ result: 'written' }), dropped: featureLogLines.labels({ result: 'dropped' }) };
     this.featureLog.written.inc(0);
     this.featureLog.dropped.inc(0);
+    this.shadowRuns = new Counter({
+      name: 'funnel_ranker_shadow_runs_total',
+      help: "EarlyRanker shadow model runs (shadow_model), by pipeline and result: ok, error, timeout (past the stage's timeout_ms), skipped (its worker's queue was full, or the serving model fell back)",
+      labelNames: ['pipeline', 'result'],
+      registers: [r],
+    });
+    this.shadowCorrelation = new Histogram({
+      name: 'funnel_ranker_shadow_rank_correlation',
+      help: "Spearman's rank correlation of the shadow model's and the serving model's eCPM orders of one request's candidates",
+      labelNames: ['pipeline'],
+      buckets: RANK_CORRELATION_BUCKETS,
+      registers: [r],
+    });
+    this.shadowDrift = new Histogram({
+      name: 'funnel_ranker_shadow_pctr_drift',
+      help: "Mean |shadow pCTR - serving pCTR| over one request's candidates",
+      labelNames: ['pipeline'],
+      buckets: PCTR_DRIFT_BUCKETS,
+      registers: [r],
+    });
+    // Shadow runs end after their request: they report here rather than through a stage report.
+    onShadowOutcome(this);
     const self = this;
     new Gauge({
       name: 'funnel_inflight_requests',
@@ -296,6 +330,13 @@ export class Metrics {
   /** Counts `n` feature-log rows written or dropped. */
   featureLogLines(result: 'written' | 'dropped', n: number): void {
     this.featureLog[result].inc(n);
+  }
+
+  /** Records one shadow model run (ShadowListener). */
+  shadowOutcome(o: ShadowOutcome): void {
+    this.shadowRuns.inc({ pipeline: o.pipeline, result: o.result });
+    if (o.rankCorrelation !== undefined) this.shadowCorrelation.observe({ pipeline: o.pipeline }, o.rankCorrelation);
+    if (o.pctrDrift !== undefined) this.shadowDrift.observe({ pipeline: o.pipeline }, o.pctrDrift);
   }
 
   /** Records a config reload. */

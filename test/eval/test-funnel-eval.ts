@@ -69,7 +69,7 @@ describe('funnel eval', () => {
       const req = request(i);
       const q = ev.query(req);
       const result = await new Funnel(state).run(q, config.pipelines.default, Date.now() + 60_000, new AbortController().signal, undefined, true);
-      const ref = ev.reference(q, config.pipelines.default, result, 20);
+      const ref = await ev.reference(q, config.pipelines.default, result, 20);
       const country = i % 2 === 0 ? 'US' : 'DE';
       const oracle = catalog
         .filter((r) => r.status !== 'paused' && evaluateTargeting(r.targeting as never, { country: [country] }))

@@ -6,6 +6,7 @@ import type { EarlyRankerStageConfig } from '../../config/schema';
 import type { Metric } from '../../native/index';
 import type { AdTable } from '../../serving/ad-table';
 import { SOURCE_BIT, type Candidate, type PopularityView, type Stage, type StageContext, type VectorSource } from '../../pipeline/types';
+import { FEATURE_COUNT, featureTable, modelPctr, usesModels, type FeatureTable } from './model-ranker';
 
 /** Weights of the pCTR model: `bias` plus one per feature. */
 export type RankerWeights = EarlyRankerStageConfig['weights'];
@@ -231,12 +232,24 @@ function fillSimilarities(input: Candidate[], query: PreparedQuery, vectors: Vec
 export class EarlyRanker implements Stage<Candidate[], Candidate[]> {
   readonly name = 'EarlyRanker';
 
-  run(ctx: StageContext, input: Candidate[]): Candidate[] {
+  run(ctx: StageContext, input: Candidate[]): Candidate[] | Promise<Candidate[]> {
     const { keep, weights } = ctx.pipeline.stages.EarlyRanker;
     const { ads, popularity, vectors } = ctx.state;
     const now = ctx.nowMs;
     const query = prepareQuery(ctx.query.embedding, vectors);
     if (query !== null && vectors !== null && vectors.gather) fillSimilarities(input, query, vectors);
+    // ---- learned models (model-ranker.ts): an ONNX model or a shadow takes the path below ----
+    if (usesModels(ctx.pipeline.stages.EarlyRanker)) {
+      const table = fillFeatureTable(ctx, input, query);
+      const p = modelPctr(ctx, table);
+      // Feature logging sees the features the model was fed (features(), as the table holds them).
+      const logged = (kept: Candidate[]) => {
+        if (ctx.rankedFeatures) ctx.rankedFeatures(kept, input, (c) => features(ads, popularity, vectors, query, now, c));
+        return kept;
+      };
+      return p instanceof Promise ? p.then((q) => logged(scoreAndKeep(ctx, input, table, q, keep))) : logged(scoreAndKeep(ctx, input, table, p, keep));
+    }
+    // ---- end of learned models ----
     // pctr(weights, features(...)) unrolled, term for term in the same order (the same doubles),
     // without a features object and two calls per candidate.
     const w = weights;
@@ -273,4 +286,42 @@ export class EarlyRanker implements Stage<Candidate[], Candidate[]> {
     if (ctx.rankedFeatures) ctx.rankedFeatures(kept, input, (c) => features(ads, popularity, vectors, query, now, c));
     return kept;
   }
+}
+
+// ---- learned models (model-ranker.ts) ----------------------------------------------------------
+
+/** Every candidate's features (RANKER_FEATURES order), linear pCTR (pctr(), the linear path's doubles) and bid. */
+function fillFeatureTable(ctx: StageContext, input: Candidate[], query: PreparedQuery | null): FeatureTable {
+  const { ads, popularity, vectors } = ctx.state;
+  const w = ctx.pipeline.stages.EarlyRanker.weights;
+  const t = featureTable(input.length);
+  const f = emptyFeatures();
+  const x = t.features;
+  for (let i = 0; i < input.length; i++) {
+    const c = input[i];
+    features(ads, popularity, vectors, query, ctx.nowMs, c, f);
+    const o = i * FEATURE_COUNT;
+    x[o] = f.ann_similarity;
+    x[o + 1] = f.ctr_prior_logit;
+    x[o + 2] = f.popularity_rate;
+    x[o + 3] = f.quality;
+    x[o + 4] = f.source_ann;
+    x[o + 5] = f.source_targeting;
+    x[o + 6] = f.source_popularity;
+    t.linear[i] = pctr(w, f);
+    t.bids[i] = ads.bidMicros(c.id);
+  }
+  return t;
+}
+
+/** Sets each candidate's score to eCPM with pCTR `p[i]` and returns the best `keep`, as the linear path does. */
+function scoreAndKeep(ctx: StageContext, input: Candidate[], table: FeatureTable, p: ArrayLike<number>, keep: number): Candidate[] {
+  for (let i = 0; i < input.length; i++) {
+    const score = ecpm(table.bids[i], p[i]);
+    input[i].score = Number.isNaN(score) ? 0 : score;
+  }
+  const k = Math.min(keep, input.length);
+  ctx.note('ranked', input.length);
+  ctx.drop('below_keep', input.length - k);
+  return k > 0 ? topSorted(input, k) : [];
 }
