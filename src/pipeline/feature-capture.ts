@@ -9,6 +9,7 @@
 import type { PipelineConfig } from '../config/schema';
 import type { AdTable } from '../serving/ad-table';
 import { BATCH_STRIDE, type FeatureBatch } from '../telemetry/feature-log';
+import { writeFeatures } from '../stages/ranking/early-ranker';
 import type { Candidate, RankedFeaturesSink } from './types';
 
 /** Where captured rows go (FeatureLog). */
@@ -63,13 +64,7 @@ export function captureFeatures(log: FeatureRowSink, ads: AdTable, meta: Capture
         adIds[i] = ads.adId(c.id);
         values[o] = i < kept.length ? i + 1 : 0;
         values[o + 1] = c.score;
-        values[o + 2] = f.ann_similarity;
-        values[o + 3] = f.ctr_prior_logit;
-        values[o + 4] = f.popularity_rate;
-        values[o + 5] = f.quality;
-        values[o + 6] = f.source_ann;
-        values[o + 7] = f.source_targeting;
-        values[o + 8] = f.source_popularity;
+        writeFeatures(f, values, o + 2);
       }
       log.record({ timeMs: meta.timeMs, requestId: meta.requestId, modelVersion: meta.modelVersion, pipeline: meta.pipeline, adIds, values });
     } catch (err) {

@@ -79,6 +79,28 @@ export function emptyFeatures(): RankerFeatures {
   return { ann_similarity: 0, ctr_prior_logit: 0, popularity_rate: 0, quality: 0, source_ann: 0, source_targeting: 0, source_popularity: 0 };
 }
 
+/** ann_similarity of `c`: its annScore when not NaN, else the similarity of `query` and the ad's vector, else 0. */
+function candidateSimilarity(c: Candidate, query: PreparedQuery | null, vectors: VectorSource | null): number {
+  const sim = c.annScore;
+  if (!Number.isNaN(sim)) return sim;
+  if (query !== null && vectors !== null) {
+    const v = vectors.get(c.id);
+    if (v !== undefined) return similarity(query, v);
+  }
+  return 0;
+}
+
+/** Writes the 7 features of `f` at `out[at..at+7)` in RANKER_FEATURES order (the model's columns, the feature log's). */
+export function writeFeatures(f: RankerFeatures, out: Float32Array | Float64Array, at: number): void {
+  out[at] = f.ann_similarity;
+  out[at + 1] = f.ctr_prior_logit;
+  out[at + 2] = f.popularity_rate;
+  out[at + 3] = f.quality;
+  out[at + 4] = f.source_ann;
+  out[at + 5] = f.source_targeting;
+  out[at + 6] = f.source_popularity;
+}
+
 /** Fills `out` (a new object when omitted) with the features of `c`: ann_similarity is c.annScore when not NaN, else the similarity of `query` and the ad's vector, else 0. */
 export function features(
   ads: AdTable,
@@ -91,15 +113,7 @@ export function features(
 ): RankerFeatures {
   const f = out ?? emptyFeatures();
   const id = c.id;
-  let sim = c.annScore;
-  if (Number.isNaN(sim)) {
-    sim = 0;
-    if (query !== null && vectors !== null) {
-      const v = vectors.get(id);
-      if (v !== undefined) sim = similarity(query, v);
-    }
-  }
-  f.ann_similarity = sim;
+  f.ann_similarity = candidateSimilarity(c, query, vectors);
   f.ctr_prior_logit = clampedLogit(ads.ctrPrior(id));
   f.popularity_rate = popularity.rate(id, nowMs);
   f.quality = ads.quality(id);
@@ -256,14 +270,7 @@ export class EarlyRanker implements Stage<Candidate[], Candidate[]> {
     for (let i = 0; i < input.length; i++) {
       const c = input[i];
       const id = c.id;
-      let sim = c.annScore;
-      if (Number.isNaN(sim)) {
-        sim = 0;
-        if (query !== null && vectors !== null) {
-          const v = vectors.get(id);
-          if (v !== undefined) sim = similarity(query, v);
-        }
-      }
+      const sim = candidateSimilarity(c, query, vectors);
       const sources = c.sources;
       const z =
         w.bias +
@@ -300,14 +307,7 @@ function fillFeatureTable(ctx: StageContext, input: Candidate[], query: Prepared
   for (let i = 0; i < input.length; i++) {
     const c = input[i];
     features(ads, popularity, vectors, query, ctx.nowMs, c, f);
-    const o = i * FEATURE_COUNT;
-    x[o] = f.ann_similarity;
-    x[o + 1] = f.ctr_prior_logit;
-    x[o + 2] = f.popularity_rate;
-    x[o + 3] = f.quality;
-    x[o + 4] = f.source_ann;
-    x[o + 5] = f.source_targeting;
-    x[o + 6] = f.source_popularity;
+    writeFeatures(f, x, i * FEATURE_COUNT);
     t.linear[i] = pctr(w, f);
     t.bids[i] = ads.bidMicros(c.id);
   }
