@@ -1,9 +1,11 @@
 /**
  * `funnel eval`: funnel recall against the exhaustive reference, offline and in-process, over
- * JSON Lines of RetrieveRequests (proto3 JSON) or a request-log directory. Prints a table for
- * people, or one JSON line per (config, pipeline) with `--json` (CONTRACT section 3).
- * Exit codes: 0 every request line was read; 1 some were bad (named on stderr, skipped, counted);
- * 2 bad usage or config; 3 data directory or I/O problem.
+ * JSON Lines of RetrieveRequests (proto3 JSON) or a request-log directory; and with `--examples`,
+ * the EarlyRanker's pCTR model of each config measured on labelled examples (log-loss, AUC,
+ * calibration). Prints tables for people, or one JSON line per (config, pipeline) and report with
+ * `--json` (CONTRACT section 3).
+ * Exit codes: 0 every request and example line was read; 1 some were bad (named on stderr,
+ * skipped, counted); 2 bad usage or config; 3 data directory, I/O or model problem.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,17 +17,22 @@ import { ConfigError, defaultConfig, loadConfigFile } from '../config/load';
 import type { Config } from '../config/schema';
 import type { DecodedRetrieve } from '../grpc/codec';
 import { retrieveFromJson } from '../grpc/request-json';
+import { evaluateExamples, ExampleScoringError, readExampleLines, type ExampleSummary, type ScoredExample } from '../eval/example-eval';
 import { evaluateAll, type ConfigDiff, type EvalSummary, type LossTable } from '../eval/funnel-eval';
 import { ServingState } from '../serving/state';
 import { DataDirError } from '../store/catalog-store';
+import { stopModelWorkers } from '../stages/ranking/onnx-host';
 import { readLoggedRequest, readRequestLog } from '../telemetry/request-log';
 import { progress } from './progress';
 import { fixed, formatTable } from './table';
 
 /** Options as commander parses them. */
 export interface EvalCommandOptions {
-  data: string;
-  requests: string;
+  /** Needed with `requests`. */
+  data?: string;
+  requests?: string;
+  /** Labelled examples (funnel examples) to score with each config's EarlyRanker model. */
+  examples?: string;
   config?: string;
   pipeline?: string[];
   against?: string;
@@ -157,7 +164,7 @@ function lossRowsOf(loss: LossTable): string[][] {
 }
 
 /** Rounds every number of a summary for the JSON line (6 significant decimals). */
-function jsonLine(s: EvalSummary, extra: Record<string, unknown> = {}): string {
+function jsonLine(s: EvalSummary | Record<string, unknown>, extra: Record<string, unknown> = {}): string {
   return JSON.stringify({ ...s, ...extra }, (_k, v: unknown) => (typeof v === 'number' && !Number.isInteger(v) ? (Number.isFinite(v) ? Number(v.toFixed(6)) : null) : v));
 }
 
@@ -192,15 +199,132 @@ export async function runEval(opts: EvalCommandOptions): Promise<number> {
       }
     }
   }
-  if (!fs.existsSync(opts.requests)) {
-    err(`--requests ${opts.requests}: no such file or directory`);
+  if (!opts.requests && !opts.examples) {
+    err('give --requests (funnel recall), --examples (pCTR model on labelled examples), or both');
+    return 2;
+  }
+  if (opts.requests && !opts.data) {
+    err('--requests needs --data');
+    return 2;
+  }
+  for (const [flag, file] of [['--requests', opts.requests], ['--examples', opts.examples]] as const) {
+    if (file && !fs.existsSync(file)) {
+      err(`${flag} ${file}: no such file or directory`);
+      return 3;
+    }
+  }
+  let exampleCode = 0;
+  if (opts.examples) {
+    exampleCode = await runExampleEval(opts, opts.examples, configs, err);
+    if (exampleCode > 1 || !opts.requests) return exampleCode;
+  }
+  const requestCode = await runRequestEval(opts, opts.requests!, opts.data!, configs, err);
+  return Math.max(exampleCode, requestCode);
+}
+
+/** The example report for people: one row per (config, pipeline), the differences, then each calibration table. */
+export function formatExampleReport(summaries: readonly ExampleSummary[], bad: number): string {
+  const f = (x: number, d: number) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+  const out = [
+    formatTable(
+      `funnel eval --examples: the EarlyRanker's pCTR on labelled examples${bad ? `; ${bad} bad example lines skipped` : ''}`,
+      [
+        { header: 'config', align: 'left' },
+        { header: 'pipeline', align: 'left' },
+        { header: 'model', align: 'left' },
+        { header: 'examples' },
+        { header: 'clicks' },
+        { header: 'log-loss' },
+        { header: 'AUC' },
+        { header: 'mean pCTR' },
+        { header: 'observed' },
+      ],
+      summaries.map((s) => [s.config, s.pipeline, s.model, String(s.examples), String(s.clicks), f(s.log_loss, 5), f(s.auc, 4), f(s.mean_pctr, 5), f(s.base_rate, 5)]),
+    ),
+  ];
+  const first = summaries.length > 0 ? summaries[0].config : '';
+  for (const b of summaries) {
+    if (b.config === first) continue;
+    const a = summaries.find((s) => s.config === first && s.pipeline === b.pipeline);
+    if (!a) continue;
+    const sign = (x: number, d: number) => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${x.toFixed(d)}` : '-');
+    out.push(
+      '',
+      `${b.config} against ${a.config}, pipeline ${b.pipeline}: log-loss ${sign(b.log_loss - a.log_loss, 5)} (${b.log_loss < a.log_loss ? 'better' : b.log_loss > a.log_loss ? 'worse' : 'equal'}), ` +
+        `AUC ${sign(b.auc - a.auc, 4)}, mean pCTR ${sign(b.mean_pctr - a.mean_pctr, 5)}`,
+    );
+  }
+  for (const s of summaries) {
+    out.push(
+      '',
+      formatTable(
+        `calibration: ${s.config}, pipeline ${s.pipeline} (equal-count buckets by predicted pCTR)`,
+        [{ header: 'bucket' }, { header: 'pCTR from' }, { header: 'pCTR to' }, { header: 'examples' }, { header: 'mean pCTR' }, { header: 'observed' }],
+        s.calibration.map((c, i) => [String(i + 1), c.lo === null ? '-' : c.lo.toFixed(5), c.hi === null ? '-' : c.hi.toFixed(5), String(c.count), c.meanPredicted === null ? '-' : c.meanPredicted.toFixed(5), c.observedRate === null ? '-' : c.observedRate.toFixed(5)]),
+      ),
+    );
+  }
+  return out.join('\n') + '\n';
+}
+
+/** `--examples`: reads the examples once, scores them under every config; resolves to the exit code. */
+async function runExampleEval(opts: EvalCommandOptions, file: string, configs: { label: string; config: Config }[], err: (m: string) => void): Promise<number> {
+  const examples: ScoredExample[] = [];
+  let bad = 0;
+  try {
+    for await (const line of readExampleLines(file)) {
+      if (line.example) examples.push(line.example);
+      else {
+        bad++;
+        if (bad <= 100) err(`${line.where}: ${line.error}`);
+      }
+    }
+  } catch (e) {
+    err(`--examples ${file}: ${(e as Error).message}`);
     return 3;
   }
+  if (bad > 100) err(`... and ${bad - 100} more bad lines`);
+  if (examples.length === 0) {
+    err(`--examples ${file}: no examples to score`);
+    return bad > 0 ? 1 : 3;
+  }
+  const onnx = configs.some(({ config }) => Object.values(config.pipelines).some((p) => p.stages.EarlyRanker.model.kind !== 'linear'));
+  try {
+    const { summaries, missing } = await evaluateExamples(configs, examples, opts.pipeline ?? []);
+    for (const m of missing) err(`config ${m.config} has no pipeline ${m.pipeline}: its ${m.examples} examples were not scored under it`);
+    if (opts.json) {
+      for (const s of summaries) {
+        const { calibration: _c, ...rest } = s;
+        process.stdout.write(jsonLine(rest as unknown as Record<string, unknown>) + '\n');
+      }
+    } else {
+      process.stdout.write(formatExampleReport(summaries, bad));
+    }
+    return bad > 0 || missing.length > 0 ? 1 : 0;
+  } catch (e) {
+    if (e instanceof ExampleScoringError) {
+      err(e.message);
+      return 3;
+    }
+    throw e;
+  } finally {
+    if (onnx) await stopModelWorkers();
+  }
+}
+
+/** `--requests`: funnel recall against the exhaustive reference; resolves to the exit code. */
+async function runRequestEval(
+  opts: EvalCommandOptions,
+  requestsPath: string,
+  data: string,
+  configs: { label: string; config: Config }[],
+  err: (m: string) => void,
+): Promise<number> {
   let state: ServingState;
   try {
-    state = await ServingState.open(opts.data, configs[0].config, pino({ level: 'warn' }, pino.destination(2)));
+    state = await ServingState.open(data, configs[0].config, pino({ level: 'warn' }, pino.destination(2)));
   } catch (e) {
-    err(e instanceof DataDirError ? e.message : `cannot open ${opts.data}: ${(e as Error).message}`);
+    err(e instanceof DataDirError ? e.message : `cannot open ${data}: ${(e as Error).message}`);
     return 3;
   }
   try {
@@ -208,7 +332,7 @@ export async function runEval(opts: EvalCommandOptions): Promise<number> {
     const requests: DecodedRetrieve[] = [];
     let bad = 0;
     let otherSeq = 0;
-    for await (const line of readRequests(opts.requests)) {
+    for await (const line of readRequests(requestsPath)) {
       if (line.request) {
         requests.push(line.request);
         if (line.dataSeq !== undefined && line.dataSeq !== state.seq) otherSeq++;

@@ -147,9 +147,10 @@ export function buildProgram(): Command {
     });
   program
     .command('eval')
-    .description("funnel recall offline: requests through the funnel and through the exhaustive reference (Filters + EarlyRanker over every eligible ad); table, or --json lines")
-    .requiredOption('--data <dir>', 'data directory (made by funnel ingest)')
-    .requiredOption('--requests <path>', 'JSON Lines of RetrieveRequest (proto3 JSON), or a request-log directory (funnel serve --request-log)')
+    .description("funnel recall offline: requests through the funnel and through the exhaustive reference (Filters + EarlyRanker over every eligible ad); with --examples, each config's pCTR model on labelled examples; tables, or --json lines")
+    .option('--data <dir>', 'data directory (made by funnel ingest; needed with --requests)')
+    .option('--requests <path>', 'JSON Lines of RetrieveRequest (proto3 JSON), or a request-log directory (funnel serve --request-log)')
+    .option('--examples <file>', "labelled examples (funnel examples): log-loss, AUC and calibration of each config's EarlyRanker pCTR model")
     .option('--config <file>', 'YAML stage config (default: built-in defaults)')
     .option('--pipeline <name>', 'run every request through this pipeline (repeat for several; default: as each request routes)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--against <file>', 'a second config run over the same requests; prints the difference')
