@@ -132,9 +132,9 @@ export class FunnelServer {
       // Clients re-resolve (and find pods the autoscaler added) when a connection ages out.
       'grpc.max_connection_age_ms': 300_000,
       'grpc.max_connection_age_grace_ms': 30_000,
-      // Channelz's per-call bookkeeping (timestamps, counters) is paid by every call, refused ones
-      // included, and nothing here serves channelz.
-      'grpc.enable_channelz': 0,
+      // Not 'grpc.enable_channelz': 0 (it would save channelz's per-call bookkeeping): in grpc-js
+      // 1.14.7 the server then loses track of its HTTP/2 sessions, forceShutdown leaves them open
+      // and a drained process with a client's health Watch connected lives on for minutes.
       // One connection cannot flood the server with streams: past the cap its client holds them.
       ...(config.limits.max_concurrent_streams > 0 && { 'grpc.max_concurrent_streams': config.limits.max_concurrent_streams }),
     });
