@@ -6,6 +6,7 @@
  * cluster aggregation.
  */
 import { AggregatorRegistry } from 'prom-client';
+import { setParentDeathSignal } from '../native/index';
 import type { Logger } from 'pino';
 import type { Running } from '../main';
 import type { ServingState, StateOptions } from '../serving/state';
@@ -108,6 +109,10 @@ export function joinPrimary(log: Logger): WorkerLink {
     process.exit(1);
   };
   process.on('disconnect', orphaned);
+  // And the kernel's guarantee, for a worker whose event loop is stuck when the primary dies
+  // (its 'disconnect' would never run): it is killed with its primary.
+  setParentDeathSignal();
+  if (!process.connected) orphaned();
 
   const loaded = (s: ServingState) => {
     state = s;

@@ -133,6 +133,7 @@ interface NativeModule {
   /** Absent from an addon built before it (the Diversifier then runs its JavaScript loop). */
   mmr?(level: SimdLevel | undefined, rows: Float32Array, dim: number, m: number, scores: Float64Array, lambda: number, want: number, order: Uint32Array): number;
   andCount(a: Uint32Array, b: Uint32Array, out: Uint32Array): number;
+  setParentDeathSignal(): boolean;
   HnswIndex: {
     new (options: HnswOptions): HnswIndex;
     /** `mmap`: share the file's pages copy-on-write; `verify` (default true): check section checksums. */
@@ -202,6 +203,9 @@ export const mmrSelect: ((rows: Float32Array, dim: number, m: number, scores: Fl
  * `out` may be `a` or `b`, but must not overlap either in part.
  */
 export const andCount: (a: Uint32Array, b: Uint32Array, out: Uint32Array) => number = addon.andCount;
+
+/** Has the kernel SIGKILL this process when its parent dies (Linux: prctl PR_SET_PDEATHSIG; false elsewhere). */
+export const setParentDeathSignal: () => boolean = addon.setParentDeathSignal;
 
 /** Test and benchmark hooks: one kernel call at a forced instruction set, memory bandwidth. */
 export const internals = {

@@ -297,6 +297,17 @@ describe('e2e: funnel serve --workers 2', function () {
     }
   });
 
+  it('when the primary is killed with SIGKILL, then no worker outlives it (nothing left holding the data directory)', async () => {
+    const dir = path.join(tmp, 'orphans');
+    fs.mkdirSync(dir);
+    const dataDir = await ingestRows(dir, [row(1, DIM), row(2, DIM)]);
+    const other = await serveWorkers(dataDir, tokenFile, await freePort());
+    assert.ok(other.pids.every(alive));
+    other.proc.kill('SIGKILL');
+    assert.equal(await other.exited, 'SIGKILL');
+    await waitFor('the workers to die with their primary', () => !other.pids.some(alive));
+  });
+
   it('when the primary gets SIGTERM, then every worker drains and it exits 0', async () => {
     const pids = [...cluster.stderr().matchAll(/"worker_pid":(\d+),"port":\d+,"msg":"worker serving"/g)].map((m) => Number(m[1]));
     assert.ok(pids.length >= 2);

@@ -13,6 +13,11 @@
 #include "../kernels/mmr.h"
 #include "util.h"
 
+#if defined(__linux__)
+#include <signal.h>
+#include <sys/prctl.h>
+#endif
+
 namespace funnel::binding {
 
 void init_index_classes(Napi::Env env, Napi::Object exports);
@@ -158,6 +163,17 @@ Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, best);
 }
 
+// Asks the kernel to SIGKILL this process when its parent dies (Linux; false elsewhere). A
+// `funnel serve --workers N` worker must never outlive its primary: an orphan whose event loop is
+// stuck would hold LMDB's write lock (and its connections) with nobody to restart or stop it.
+Napi::Value SetParentDeathSignal(const Napi::CallbackInfo& info) {
+#if defined(__linux__)
+  return Napi::Boolean::New(info.Env(), prctl(PR_SET_PDEATHSIG, SIGKILL) == 0);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("simdLevel", Napi::Function::New(env, SimdLevelName, "simdLevel"));
   exports.Set("availableSimdLevels", Napi::Function::New(env, AvailableSimdLevels, "availableSimdLevels"));
@@ -167,6 +183,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readBandwidth", Napi::Function::New(env, ReadBandwidth, "readBandwidth"));
   exports.Set("mmr", Napi::Function::New(env, Mmr, "mmr"));
   exports.Set("andCount", Napi::Function::New(env, AndCount, "andCount"));
+  exports.Set("setParentDeathSignal", Napi::Function::New(env, SetParentDeathSignal, "setParentDeathSignal"));
   init_index_classes(env, exports);
   init_targeting_class(env, exports);
   return exports;
