@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
+import { readJsonLines } from '../eval/json-lines';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import pino from 'pino';
@@ -57,19 +57,13 @@ export async function* readRequests(file: string): AsyncGenerator<RequestLine> {
     for await (const l of readRequestLog(file)) yield { where: `${l.file}:${l.line}`, request: l.request, error: l.error, dataSeq: l.entry?.data_seq };
     return;
   }
-  const rl = readline.createInterface({ input: fs.createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity });
-  let n = 0;
-  for await (const text of rl) {
-    n++;
-    if (text.trim() === '') continue;
-    const where = `${file}:${n}`;
-    let obj: unknown;
-    try {
-      obj = JSON.parse(text);
-    } catch (err) {
-      yield { where, error: `bad JSON: ${(err as Error).message}` };
+  for await (const line of readJsonLines(file)) {
+    const { where } = line;
+    if (line.error !== undefined) {
+      yield { where, error: line.error };
       continue;
     }
+    const obj = line.value;
     if (obj !== null && typeof obj === 'object' && !Array.isArray(obj) && 'request' in obj) {
       // A request-log line, read as the log reader reads it.
       const l = readLoggedRequest(obj);

@@ -4,8 +4,7 @@
  * weights, or the ONNX model on the serving model worker), and measured: log-loss, AUC, mean
  * predicted pCTR against the observed click rate, and a calibration table.
  */
-import * as fs from 'node:fs';
-import * as readline from 'node:readline';
+import { readJsonLines } from './json-lines';
 import type { Config, PipelineConfig } from '../config/schema';
 import { FALLBACK_NOTE, type StageContext } from '../pipeline/types';
 import { pctr, writeFeatures, type RankerFeatures } from '../stages/ranking/early-ranker';
@@ -29,19 +28,13 @@ export interface ExampleLine {
 
 /** Reads a JSON Lines file of examples; blank lines are skipped, bad ones yielded with their reason. */
 export async function* readExampleLines(file: string): AsyncGenerator<ExampleLine> {
-  const rl = readline.createInterface({ input: fs.createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity });
-  let n = 0;
-  for await (const text of rl) {
-    n++;
-    if (text.trim() === '') continue;
-    const where = `${file}:${n}`;
-    let obj: unknown;
-    try {
-      obj = JSON.parse(text);
-    } catch (err) {
-      yield { where, error: `bad JSON: ${(err as Error).message}` };
+  for await (const line of readJsonLines(file)) {
+    const { where } = line;
+    if (line.error !== undefined) {
+      yield { where, error: line.error };
       continue;
     }
+    const obj = line.value;
     try {
       const e = parseExample(obj);
       const p = (obj as Record<string, unknown>).pipeline;
