@@ -266,6 +266,10 @@ export const limitsSchema = z
       .enum(['degraded', 'error'])
       .default('degraded')
       .describe('when the deadline runs out: answer with what is ready (degraded) or DEADLINE_EXCEEDED'),
+    on_min_seq: z
+      .enum(['unavailable', 'degraded'])
+      .default('unavailable')
+      .describe("when a Retrieve's min_seq is not applied here by its deadline: UNAVAILABLE, or answer from the data there is with `Consistency` in degraded_stages"),
   })
   .strict();
 

@@ -21,6 +21,8 @@ export interface DecodedRetrieve {
   blocked_categories: string[];
   pipeline: string;
   debug: boolean;
+  /** Consistency token (0 = none); past 2^53 it reads as NaN and is refused by validation. */
+  min_seq: number;
   /** Set when the bytes are not a valid RetrieveRequest (answered INVALID_ARGUMENT). */
   decodeError?: string;
 }
@@ -59,6 +61,7 @@ export function blankRetrieve(): DecodedRetrieve {
     blocked_categories: [],
     pipeline: '',
     debug: false,
+    min_seq: 0,
   };
 }
 
@@ -97,7 +100,15 @@ function plain(m: Omit<WireMessage, 'user_embedding'>, embedding: Float32Array):
     blocked_categories: m.blocked_categories ?? [],
     pipeline: m.pipeline ?? '',
     debug: m.debug ?? false,
+    min_seq: uint64(m.min_seq),
   };
+}
+
+/** A uint64 as protobufjs hands it (number, or a Long-like object) as a number; NaN past 2^53 - 1. */
+function uint64(v: unknown): number {
+  if (v === undefined || v === null) return 0;
+  const n = typeof v === 'number' ? v : Number(String(v));
+  return Number.isSafeInteger(n) ? n : NaN;
 }
 
 /** Decodes a RetrieveRequest; never throws (a bad message comes back with `decodeError`). */

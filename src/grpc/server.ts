@@ -526,7 +526,19 @@ export class FunnelServer {
       }
       const pipeline = config.pipelines[query.pipeline];
       measured = true;
+      // The consistency token: wait (within the deadline) until the asked write is applied here.
+      // The wait stops short of the deadline: a quarter of the time left (at least 20 ms) stays
+      // for the answer, so that the caller hears UNAVAILABLE or the degraded answer, not its own timeout.
+      let stale = false;
+      const waitUntil = deadlineMs - Math.max(20, (deadlineMs - Date.now()) / 4);
+      if (req.min_seq > state.seq && !(await state.waitForSeq(req.min_seq, waitUntil, abort.signal))) {
+        if (config.limits.on_min_seq === 'unavailable') {
+          throw new RpcError(grpc.status.UNAVAILABLE, `min_seq ${req.min_seq} is not applied here yet (data_seq ${state.seq}) and the deadline passed (limits.on_min_seq)`);
+        }
+        stale = true;
+      }
       const result = await funnel.run(query, pipeline, deadlineMs, abort.signal, observer, traced);
+      if (stale) result.degradedStages.push('Consistency');
       if (t) {
         t.setAttributes({ 'funnel.degraded': result.degradedStages.length > 0, 'funnel.data_seq': result.seq });
         if (result.degradedStages.length > 0) t.setAttributes({ 'funnel.degraded_stages': result.degradedStages });

@@ -85,6 +85,7 @@ export function validateRetrieve(req: DecodedRetrieve, config: Config, dim: numb
   }
   const n = req.num_results;
   if (!Number.isInteger(n) || n < 0) throw invalid('num_results', 'must be a non-negative integer');
+  if (!Number.isSafeInteger(req.min_seq) || req.min_seq < 0) throw invalid('min_seq', 'must be a sequence number in 0..2^53-1');
   if (n > limits.max_num_results) throw invalid('num_results', `${n} is above the maximum of ${limits.max_num_results}`);
   const pipeline = checkString('pipeline', req.pipeline, limits) || pipelineOverride || config.default_pipeline;
   if (!Object.prototype.hasOwnProperty.call(config.pipelines, pipeline)) {

@@ -538,6 +538,22 @@ export class ServingState implements ServingView {
     });
   }
 
+  /**
+   * Resolves true once every write up to `seq` is applied here (catching up from the store, where
+   * another process or replica may have written it), false if `untilMs` (epoch ms) passes first
+   * or `signal` aborts. Polls the store every 5 ms meanwhile.
+   */
+  async waitForSeq(seq: number, untilMs: number, signal?: AbortSignal): Promise<boolean> {
+    for (;;) {
+      if (this.applied >= seq) return true;
+      await this.catchUp();
+      if (this.applied >= seq) return true;
+      const left = untilMs - Date.now();
+      if (left <= 0 || signal?.aborted || this.closed) return false;
+      await new Promise((r) => setTimeout(r, Math.min(5, left)));
+    }
+  }
+
   /** Sequence number up to which every write is applied in this process. */
   get appliedSeq(): number {
     return this.applied;

@@ -28,6 +28,7 @@ function decoded(msg: RetrieveRequestMsg): DecodedRetrieve {
     ...msg,
     attributes: Object.fromEntries(Object.entries(msg.attributes ?? {}).map(([k, v]) => [k, { values: v.values ?? [] }])),
     user_embedding: Float32Array.from(msg.user_embedding ?? []),
+    min_seq: Number(msg.min_seq ?? 0),
   };
 }
 
