@@ -6,11 +6,10 @@
  * (prom-client's AggregatorRegistry). It holds no data and serves no gRPC itself.
  */
 import cluster, { type Worker } from 'node:cluster';
-import * as http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { AggregatorRegistry, type PrometheusContentType } from 'prom-client';
 import { defaultLogger } from '../main';
+import { serveMetrics, type MetricsServer } from '../telemetry/metrics';
 import { ENV, isFunnelMessage, type PrimaryMessage, type WorkerMessage } from './protocol';
 
 /** What the primary needs from `funnel serve`'s options. */
@@ -76,7 +75,7 @@ export function runPrimary(opts: PrimaryOptions): Promise<number> {
   let maxAcked = 0;
   let stopping = false;
   let started = false;
-  let metricsServer: http.Server | null = null;
+  let metricsServer: MetricsServer | null = null;
   const aggregator = new AggregatorRegistry<PrometheusContentType>();
 
   return new Promise<number>((resolve) => {
@@ -89,7 +88,7 @@ export function runPrimary(opts: PrimaryOptions): Promise<number> {
       process.removeListener('SIGINT', onStop);
       process.removeListener('SIGHUP', onHup);
       const done = () => resolve(code);
-      if (metricsServer) metricsServer.close(done);
+      if (metricsServer) void metricsServer.close().then(done);
       else done();
     };
 
@@ -261,7 +260,8 @@ export function runPrimary(opts: PrimaryOptions): Promise<number> {
     const announce = async () => {
       if (opts.metricsPort) {
         try {
-          metricsServer = await serveAggregated(aggregator, opts.host, opts.metricsPort);
+          // Every worker's metrics, summed (gauges as each declares: sum, max or min).
+          metricsServer = await serveMetrics({ text: () => aggregator.clusterMetrics(), contentType: aggregator.contentType }, opts.host, opts.metricsPort);
         } catch (err) {
           log.error({ err: (err as Error).message }, 'cannot serve /metrics; stopping');
           exitCode = 3;
@@ -269,7 +269,7 @@ export function runPrimary(opts: PrimaryOptions): Promise<number> {
           return;
         }
       }
-      const mport = metricsServer ? (metricsServer.address() as AddressInfo).port : null;
+      const mport = metricsServer?.port ?? null;
       process.stdout.write(
         `funnel serving on ${opts.host}:${port} (${data}; ${opts.workers} workers, pids ${slots.map((s) => s.worker?.process.pid).join(',')}; ` +
           `metrics ${mport ? `http://${opts.host}:${mport}/metrics` : 'off'}; ${opts.describe})\n`,
@@ -277,24 +277,5 @@ export function runPrimary(opts: PrimaryOptions): Promise<number> {
     };
 
     fork(slots[0], true);
-  });
-}
-
-/** /metrics of every worker, summed (gauges as each declares: sum, max or min). */
-function serveAggregated(aggregator: AggregatorRegistry<PrometheusContentType>, host: string, port: number): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
-    const url = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET' || (url !== '/metrics' && url !== '/')) {
-      res.writeHead(url === '/metrics' ? 405 : 404, { 'content-type': 'text/plain' }).end(url === '/metrics' ? 'use GET\n' : 'see /metrics\n');
-      return;
-    }
-    aggregator.clusterMetrics().then(
-      (body) => res.writeHead(200, { 'content-type': aggregator.contentType }).end(body),
-      (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
-    );
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve(server));
   });
 }

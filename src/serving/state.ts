@@ -567,10 +567,7 @@ export class ServingState implements ServingView {
     const entries = this.store.journalSince(this.applied);
     if (entries === null) {
       this.log.warn({ from: this.applied, to: target }, 'the journal does not cover the writes to catch up on; re-reading every ad');
-      const all = new Set<string>();
-      for (const rec of this.store.ads()) all.add(rec.ad_id);
-      for (const id of this.ads.ids()) all.add(this.ads.adId(id));
-      await this.refreshAds([...all], true);
+      await this.refreshAds([...this.everyAdId(new Set())], true);
       this.applied = target;
       for (const s of this.ownApplied) if (s <= target) this.ownApplied.delete(s);
       return;
@@ -586,12 +583,16 @@ export class ServingState implements ServingView {
       if (entry.vectors) vectors = true;
       for (const a of entry.ads) ads.add(a);
     }
-    if (all) {
-      for (const rec of this.store.ads()) ads.add(rec.ad_id);
-      for (const id of this.ads.ids()) ads.add(this.ads.adId(id));
-    }
+    if (all) this.everyAdId(ads);
     if (ads.size > 0) await this.refreshAds([...ads], vectors);
     this.applied = last;
+  }
+
+  /** Adds to `into` every ad_id the store or this process holds (a write too big to list: re-read them all). */
+  private everyAdId(into: Set<string>): Set<string> {
+    for (const rec of this.store.ads()) into.add(rec.ad_id);
+    for (const id of this.ads.ids()) into.add(this.ads.adId(id));
+    return into;
   }
 
   /**

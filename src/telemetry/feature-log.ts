@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { Worker } from 'node:worker_threads';
-import type { LogWarner } from './rotating-log';
+import { RateLimitedWarner, type LogWarner } from './rotating-log';
 
 /** The features of a row, by the names of the linear model's weights (CONTRACT section 2), in this order. */
 export const FEATURE_NAMES = ['ann_similarity', 'ctr_prior_logit', 'popularity_rate', 'quality', 'source_ann', 'source_targeting', 'source_popularity'] as const;
@@ -128,7 +128,6 @@ export interface FeatureLogStats {
 const MIB = 1024 * 1024;
 /** What a row is taken to weigh in the queue (a typical row is 330-380 bytes). */
 export const ROW_BYTES_ESTIMATE = 400;
-const WARN_INTERVAL_MS = 60_000;
 const WORKER_FILE = path.join(__dirname, 'feature-log-worker.js');
 
 /** What the writer thread is started with. */
@@ -152,7 +151,6 @@ export type FromFeatureWorker =
 export class FeatureLog {
   readonly dir: string;
   private readonly maxQueueBytes: number;
-  private readonly logger: LogWarner | undefined;
   private readonly onCount: FeatureLogOptions['onCount'];
   private readonly worker: Worker;
   private workerError: Error | null = null;
@@ -162,12 +160,12 @@ export class FeatureLog {
   private nextId = 1;
   private readonly pending = new Map<number, () => void>();
   private closing: Promise<void> | null = null;
-  private readonly lastWarn: Record<string, number> = {};
+  private readonly warner: RateLimitedWarner;
 
   constructor(options: FeatureLogOptions) {
     this.dir = options.dir;
     this.maxQueueBytes = options.maxQueueBytes ?? 8 * MIB;
-    this.logger = options.logger;
+    this.warner = new RateLimitedWarner(options.logger);
     this.onCount = options.onCount;
     // Here, so that a directory that cannot be made fails the server's start.
     fs.mkdirSync(this.dir, { recursive: true });
@@ -285,14 +283,7 @@ export class FeatureLog {
   }
 
   private warn(kind: string, obj: object, msg: string): void {
-    const now = Date.now();
-    if (now - (this.lastWarn[kind] ?? -Infinity) < WARN_INTERVAL_MS) return;
-    this.lastWarn[kind] = now;
-    try {
-      this.logger?.warn(obj, msg);
-    } catch {
-      /* a logger must not break the log */
-    }
+    this.warner.warn(kind, obj, msg);
   }
 }
 

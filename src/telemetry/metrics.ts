@@ -348,6 +348,11 @@ export class Metrics implements ShadowListener {
   text(): Promise<string> {
     return this.registry.metrics();
   }
+
+  /** Content type of text(). */
+  get contentType(): string {
+    return this.registry.contentType;
+  }
 }
 
 /** A /metrics HTTP server. */
@@ -356,8 +361,14 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
+/** What /metrics serves: a process's Metrics, or a `--workers` primary's cluster aggregate. */
+export interface MetricsText {
+  text(): Promise<string>;
+  readonly contentType: string;
+}
+
 /** Serves `metrics` at http://host:port/metrics (port 0 = any free port). */
-export async function serveMetrics(metrics: Metrics, host: string, port: number): Promise<MetricsServer> {
+export async function serveMetrics(metrics: MetricsText, host: string, port: number): Promise<MetricsServer> {
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' || (url !== '/metrics' && url !== '/')) {
@@ -365,7 +376,7 @@ export async function serveMetrics(metrics: Metrics, host: string, port: number)
       return;
     }
     metrics.text().then(
-      (body) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body),
+      (body) => res.writeHead(200, { 'content-type': metrics.contentType }).end(body),
       (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
     );
   });

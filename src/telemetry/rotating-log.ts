@@ -14,6 +14,22 @@ export interface LogWarner {
   warn(obj: object, msg: string): void;
 }
 
+/** A log's warnings: each `kind` at most once a minute (a full disk must not flood the logs); never throws. */
+export class RateLimitedWarner {
+  private readonly lastWarn: Record<string, number> = {};
+  constructor(private readonly logger: LogWarner | undefined) {}
+  warn(kind: string, obj: object, msg: string): void {
+    const now = Date.now();
+    if (now - (this.lastWarn[kind] ?? -Infinity) < WARN_INTERVAL_MS) return;
+    this.lastWarn[kind] = now;
+    try {
+      this.logger?.warn(obj, msg);
+    } catch {
+      /* a logger must not break the log */
+    }
+  }
+}
+
 /** Options of a rotating log. */
 export interface RotatingLogOptions {
   /** Directory of the log files; created if missing. */
@@ -64,7 +80,6 @@ export class RotatingLog {
   private readonly maxFileBytes: number;
   private readonly maxFiles: number;
   private readonly maxQueueBytes: number;
-  private readonly logger: LogWarner | undefined;
   private readonly onCount: RotatingLogOptions['onCount'];
   private queue: Chunk[] = [];
   /** Bytes queued plus bytes of the batch being written. */
@@ -76,7 +91,7 @@ export class RotatingLog {
   private written = 0;
   private dropped = 0;
   private closed_ = false;
-  private readonly lastWarn: Record<string, number> = {};
+  private readonly warner: RateLimitedWarner;
 
   constructor(options: RotatingLogOptions) {
     if (!/^[A-Za-z0-9_.]+$/.test(options.prefix)) throw new Error(`${options.name}: bad file prefix ${JSON.stringify(options.prefix)}`);
@@ -87,7 +102,7 @@ export class RotatingLog {
     this.maxFileBytes = options.maxFileBytes ?? 64 * MIB;
     this.maxFiles = Math.max(1, options.maxFiles ?? 20);
     this.maxQueueBytes = options.maxQueueBytes ?? 4 * MIB;
-    this.logger = options.logger;
+    this.warner = new RateLimitedWarner(options.logger);
     this.onCount = options.onCount;
     fs.mkdirSync(this.dir, { recursive: true });
   }
@@ -130,14 +145,7 @@ export class RotatingLog {
 
   /** Logs a warning of `kind` at most once a minute per kind; never throws. */
   warn(kind: string, obj: object, msg: string): void {
-    const now = Date.now();
-    if (now - (this.lastWarn[kind] ?? -Infinity) < WARN_INTERVAL_MS) return;
-    this.lastWarn[kind] = now;
-    try {
-      this.logger?.warn(obj, msg);
-    } catch {
-      /* a logger must not break the log */
-    }
+    this.warner.warn(kind, obj, msg);
   }
 
   /** Counters so far. */
