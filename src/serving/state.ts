@@ -143,6 +143,8 @@ export class ServingState implements ServingView {
   private checkpoints = true;
   private journalFloor: () => number = () => this.applied;
   private journalPruned = 0;
+  /** The store's `seq` of each ad's record as held here (internal id -> AdRecord.seq): a catch-up skips records it already holds. */
+  private readonly heldSeq = new Map<number, number>();
   /**
    * Called after each Admin write is applied here, outside the write lock; the write's promise
    * resolves only once this does (a multi-process server waits for its other processes here).
@@ -190,6 +192,7 @@ export class ServingState implements ServingView {
     const started = Date.now();
     for (const ad of this.store.ads()) {
       this.ads.set(ad);
+      this.heldSeq.set(ad.id, ad.seq);
       this.targeting.set(ad.id, ad.targeting ?? undefined);
       this.trackFlight(ad, started);
     }
@@ -425,6 +428,7 @@ export class ServingState implements ServingView {
       rows.forEach((row, i) => {
         const rec = this.store.getAd(row.ad_id)!;
         this.ads.set(rec);
+        this.heldSeq.set(rec.id, rec.seq);
         this.targeting.set(rec.id, rec.targeting ?? undefined);
         this.trackFlight(rec, now);
         ids[i] = rec.id;
@@ -447,6 +451,7 @@ export class ServingState implements ServingView {
       const touched: number[] = [];
       for (const rec of r.updated) {
         this.ads.setActive(rec.id, status === 'active');
+        this.heldSeq.set(rec.id, rec.seq);
         touched.push(rec.id);
       }
       this.updateServable(touched, Date.now());
@@ -480,6 +485,7 @@ export class ServingState implements ServingView {
   /** Drops `id` from the tables and indexes (popularity: the caller, once per batch). */
   private removeLocal(id: number): void {
     this.ads.remove(id);
+    this.heldSeq.delete(id);
     if (this.targeting.has(id)) this.targeting.remove(id);
     if (this.ann.has(id)) this.ann.remove(id);
   }
@@ -619,9 +625,14 @@ export class ServingState implements ServingView {
     const pop: { id: number; records: { segment: string; record: PopularityRecord }[] }[] = [];
     for (const rec of recs) {
       if (!rec) continue;
-      this.ads.set(rec);
-      this.targeting.set(rec.id, rec.targeting ?? undefined);
-      this.trackFlight(rec, now);
+      // A spend or events write leaves the record as it is: setting it again would only move the
+      // ad table's and targeting index's epochs (and drop every cached eligibility match).
+      if (this.heldSeq.get(rec.id) !== rec.seq || this.ads.idOf(rec.ad_id) !== rec.id) {
+        this.ads.set(rec);
+        this.heldSeq.set(rec.id, rec.seq);
+        this.targeting.set(rec.id, rec.targeting ?? undefined);
+        this.trackFlight(rec, now);
+      }
       const spend = this.store.spendOf(rec.ad_id);
       this.ads.setSpend(rec.id, spend && spend.day === today ? spend.micros : 0, now);
       pop.push({ id: rec.id, records: this.store.popularityOf(rec.ad_id) });

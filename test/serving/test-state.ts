@@ -242,6 +242,29 @@ describe('ServingState', () => {
       }
     });
 
+    it('when another state reports spend or records events, then catching up leaves the records, and so the eligibility epochs, as they were', async () => {
+      await ingestCatalog(writeCatalog(dir, 'c.jsonl', [row(0, 4, { daily_budget_micros: 100 }), row(1)]), data);
+      const a = await ServingState.open(data, defaultConfig(), log);
+      const b = await ServingState.open(data, defaultConfig(), log, { checkpoints: false });
+      try {
+        const adsEpoch = b.ads.epoch;
+        const targetingEpoch = b.targeting.epoch;
+        await a.reportSpend([{ ad_id: 'ad-0', spend_micros: 100 }]);
+        await a.recordEvents([{ ad_id: 'ad-1', type: 'CLICK', timestamp_ms: Date.now(), attributes: {} }]);
+        await b.catchUp();
+        assert.deepEqual(snapshot(b), snapshot(a), 'the spend and the click are applied');
+        assert.equal(b.ads.epoch, adsEpoch);
+        assert.equal(b.targeting.epoch, targetingEpoch);
+        await a.setStatus(['ad-1'], 'paused');
+        await b.catchUp();
+        assert.deepEqual(snapshot(b), snapshot(a));
+        assert.ok(b.ads.epoch > adsEpoch, 'a changed record is set again');
+      } finally {
+        await b.close();
+        await a.close();
+      }
+    });
+
     it('when the journal no longer covers the gap, then catching up re-reads every ad and still agrees', async () => {
       await ingestCatalog(writeCatalog(dir, 'c.jsonl', [row(0), row(1), row(2)]), data);
       const a = await ServingState.open(data, defaultConfig(), log);
