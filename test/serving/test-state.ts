@@ -160,9 +160,12 @@ describe('ServingState', () => {
 
   describe('two processes on one data directory (--workers)', () => {
     /** Everything a Retrieve reads, per ad_id, in a form two states can be compared by. */
+    // One instant for every snapshot: popularity rates decay with time, so two states read a few
+    // milliseconds apart would differ in the last digits although they hold the same counters.
+    const SNAPSHOT_AT = Date.now() + 60_000;
     function snapshot(s: ServingState): Record<string, unknown> {
       const out: Record<string, unknown> = {};
-      const now = Date.now();
+      const now = SNAPSHOT_AT;
       const match = s.targeting.match({ country: ['NZ'] });
       const ranked = Array.from(s.popularity.ranked()).map((id) => s.ads.adId(id));
       for (const id of s.ads.ids()) {
