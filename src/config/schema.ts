@@ -338,6 +338,40 @@ export const featureLogSchema = z
   })
   .strict();
 
+/**
+ * Replication (`funnel serve --nats URL --shard I/N`, `funnel ingest --nats`): the JetStream
+ * stream the writes go through and how far behind a replica may fall before it stops serving.
+ * `stream`, `subject_prefix` and `stream_replicas` are read at start (the stream is created
+ * with them when missing); the rest reload.
+ */
+export const clusterSchema = z
+  .object({
+    stream: z.string().min(1).max(64).regex(/^[A-Za-z0-9_-]+$/, 'must be letters, digits, _ -').default('FUNNEL').describe('JetStream stream holding every shard\'s writes (read at start)'),
+    subject_prefix: z
+      .string()
+      .min(1)
+      .max(128)
+      .regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, 'must be dot-separated tokens of letters, digits, _ -')
+      .default('funnel.writes')
+      .describe('shard I of N publishes to and applies "<subject_prefix>.<N>.<I>" (read at start)'),
+    stream_replicas: int(1, 5).default(1).describe('JetStream replicas (R) of the stream when this process creates it; 3 in production (read at start)'),
+    publish_timeout_ms: int(10, 60_000).default(5000).describe('an Admin write the stream has not acknowledged by then fails UNAVAILABLE (nothing applied)'),
+    apply_timeout_ms: int(10, 600_000).default(10_000).describe('an Admin write acknowledged by the stream but not applied here by then fails UNAVAILABLE (it stays in the stream and is applied later)'),
+    max_lag_seconds: z.number().min(0).max(86_400).default(30).describe('a replica whose oldest unapplied write is older than this reports NOT_SERVING (0 = never)'),
+    max_lag_messages: int(0, 1_000_000_000).default(100_000).describe('a replica this many writes behind reports NOT_SERVING (0 = never)'),
+  })
+  .strict();
+
+/** `funnel root`: fan-out to the shards' replicas. All reload. */
+export const rootSchema = z
+  .object({
+    hedge_after_ms: int(0, 10_000).default(20).describe('ask a second replica of a shard when the first has not answered by then (0 = no hedging)'),
+    overfetch: z.number().min(1).max(10).default(2).describe('each shard is asked for ceil(num_results x overfetch) candidates (at most limits.max_num_results) so global caps still fill N'),
+    down_after_failures: int(1, 100).default(2).describe('consecutive failed calls after which a replica is taken out of rotation'),
+    retry_down_after_ms: int(10, 600_000).default(1000).describe('a replica out of rotation is tried again after this long'),
+  })
+  .strict();
+
 /** The whole configuration file. */
 export const configSchema = z
   .object({
@@ -347,6 +381,8 @@ export const configSchema = z
     tracing: tracingSchema.default(() => tracingSchema.parse({})),
     checkpoint: checkpointSchema.default(() => checkpointSchema.parse({})),
     feature_log: featureLogSchema.default(() => featureLogSchema.parse({})),
+    cluster: clusterSchema.default(() => clusterSchema.parse({})),
+    root: rootSchema.default(() => rootSchema.parse({})),
     default_pipeline: z.string().min(1).default('default'),
     experiments: experimentsSchema.default(() => experimentsSchema.parse({})),
     pipelines: z.record(z.string().min(1), pipelineSchema).default(() => ({ default: pipelineSchema.parse({}) })),
@@ -388,6 +424,8 @@ export type PopularityConfig = z.infer<typeof popularitySchema>;
 export type TracingConfig = z.infer<typeof tracingSchema>;
 export type CheckpointConfig = z.infer<typeof checkpointSchema>;
 export type FeatureLogConfig = z.infer<typeof featureLogSchema>;
+export type ClusterConfig = z.infer<typeof clusterSchema>;
+export type RootConfig = z.infer<typeof rootSchema>;
 export type AnnStageConfig = z.infer<typeof annStageSchema>;
 export type TargetingStageConfig = z.infer<typeof targetingStageSchema>;
 export type PopularityStageConfig = z.infer<typeof popularityStageSchema>;

@@ -40,6 +40,17 @@ export const METRIC_NAMES = [
   'funnel_ranker_shadow_runs_total',
   'funnel_ranker_shadow_rank_correlation',
   'funnel_ranker_shadow_pctr_drift',
+  'funnel_replication_applied_seq',
+  'funnel_replication_lag_messages',
+  'funnel_replication_lag_seconds',
+  'funnel_replication_applied_total',
+  'funnel_replication_parked_total',
+  'funnel_replication_connected',
+  'funnel_root_shard_requests_total',
+  'funnel_root_shard_duration_seconds',
+  'funnel_root_hedges_total',
+  'funnel_root_degraded_total',
+  'funnel_root_live_replicas',
 ] as const;
 
 /** Latency buckets, seconds: sub-millisecond stages up to multi-second outliers. */
@@ -59,6 +70,10 @@ export interface MetricsSource {
   dataSeq(): number | null;
   /** Spans the OTLP exporter sent, failed to send and dropped at its queue limit; null or absent without one. */
   traceSpans?(): { exported: number; failed: number; dropped: number } | null;
+  /** A replica of a sharded cluster (`--nats`): where it stands in the stream; null or absent otherwise. */
+  replication?(): { appliedSeq: number; lagMessages: number; lagSeconds: number; connected: boolean } | null;
+  /** `funnel root`: live replicas per shard; null or absent otherwise. */
+  liveReplicas?(): number[] | null;
 }
 
 /** The service's metrics on their own registry. */
@@ -90,6 +105,12 @@ export class Metrics implements ShadowListener {
     { runs: ReturnType<Counter['labels']>; duration: ReturnType<Histogram['labels']>; in: ReturnType<Counter['labels']>; out: ReturnType<Counter['labels']> }
   >();
   private lastVersion: string | undefined;
+  private readonly replApplied: Counter<'kind'>;
+  private readonly replParked: Counter<'reason'>;
+  private readonly shardRequests: Counter<'shard' | 'code'>;
+  private readonly shardDuration: Histogram<'shard'>;
+  private readonly hedges: Counter<'shard' | 'outcome'>;
+  private readonly rootDegraded: Counter<'shard'>;
 
   constructor() {
     const r = this.registry;
@@ -241,6 +262,31 @@ export class Metrics implements ShadowListener {
         }
       },
     });
+    this.replApplied = new Counter({ name: 'funnel_replication_applied_total', help: 'Stream messages applied by this replica, by kind (upsert, status, delete, spend, events, ingest_begin, ingest_chunk, ingest_commit)', labelNames: ['kind'], registers: [r] });
+    this.replParked = new Counter({ name: 'funnel_replication_parked_total', help: 'Malformed stream messages logged and parked (skipped, never applied in part), by reason', labelNames: ['reason'], registers: [r] });
+    const repl = (pick: (x: { appliedSeq: number; lagMessages: number; lagSeconds: number; connected: boolean }) => number) =>
+      function (this: Gauge) {
+        const x = self.source?.replication?.();
+        if (x) this.set(pick(x));
+      };
+    new Gauge({ name: 'funnel_replication_applied_seq', help: 'Last stream sequence number applied (and stored) by this replica', aggregator: 'min', registers: [r], collect: repl((x) => x.appliedSeq) });
+    new Gauge({ name: 'funnel_replication_lag_messages', help: "Messages of this replica's shard in the stream not applied yet", aggregator: 'max', registers: [r], collect: repl((x) => x.lagMessages) });
+    new Gauge({ name: 'funnel_replication_lag_seconds', help: 'Age of the oldest stream message not applied yet (0 when caught up)', aggregator: 'max', registers: [r], collect: repl((x) => x.lagSeconds) });
+    new Gauge({ name: 'funnel_replication_connected', help: '1 while connected to NATS, else 0', aggregator: 'min', registers: [r], collect: repl((x) => (x.connected ? 1 : 0)) });
+    this.shardRequests = new Counter({ name: 'funnel_root_shard_requests_total', help: 'Calls the root made to shard replicas, by shard and gRPC status (hedges included)', labelNames: ['shard', 'code'], registers: [r] });
+    this.shardDuration = new Histogram({ name: 'funnel_root_shard_duration_seconds', help: "Time until a shard's answer reached the root (the first of a hedged pair)", labelNames: ['shard'], buckets: BUCKETS, registers: [r] });
+    this.hedges = new Counter({ name: 'funnel_root_hedges_total', help: 'Second calls to another replica of a slow or failed shard, by shard and which answer was used (hedge, first, none)', labelNames: ['shard', 'outcome'], registers: [r] });
+    this.rootDegraded = new Counter({ name: 'funnel_root_degraded_total', help: 'Root answers missing a shard (no live replica answered in time), by shard', labelNames: ['shard'], registers: [r] });
+    new Gauge({
+      name: 'funnel_root_live_replicas',
+      help: 'Replicas of each shard in rotation at the root',
+      labelNames: ['shard'],
+      registers: [r],
+      collect() {
+        const live = self.source?.liveReplicas?.();
+        if (live) live.forEach((n, i) => this.set({ shard: String(i) }, n));
+      },
+    });
     new Gauge({
       name: 'funnel_data_seq',
       help: 'Change sequence number of the data served (every write up to it applied; the least over the workers)',
@@ -310,6 +356,36 @@ export class Metrics implements ShadowListener {
     if (degradedStages.length === 0) return;
     this.retrievesDegraded.inc({ pipeline, arm });
     for (const stage of degradedStages) this.degradedStages.inc({ stage, pipeline });
+  }
+
+  /** Counts one stream message applied by this replica. */
+  replicationApplied(kind: string): void {
+    this.replApplied.inc({ kind });
+  }
+
+  /** Counts one malformed stream message parked. */
+  replicationParked(reason: string): void {
+    this.replParked.inc({ reason });
+  }
+
+  /** Records one call of the root to a shard replica. */
+  shardCall(shard: number, code: string): void {
+    this.shardRequests.inc({ shard: String(shard), code });
+  }
+
+  /** Records the time until a shard's answer arrived at the root. */
+  shardAnswered(shard: number, seconds: number): void {
+    this.shardDuration.observe({ shard: String(shard) }, seconds);
+  }
+
+  /** Counts a hedged call and which answer the root used. */
+  hedged(shard: number, outcome: 'hedge' | 'first' | 'none'): void {
+    this.hedges.inc({ shard: String(shard), outcome });
+  }
+
+  /** Counts a root answer missing a shard. */
+  shardDegraded(shard: number): void {
+    this.rootDegraded.inc({ shard: String(shard) });
   }
 
   /** Records a shed call. */
