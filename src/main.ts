@@ -11,6 +11,8 @@ import type { Config } from './config/schema';
 import { ConfigWatcher, type ReloadOutcome } from './config/watch';
 import { FunnelServer, type ServerHooks, type TlsOptions } from './grpc/server';
 import { ServingState, type StateOptions } from './serving/state';
+import { Replica } from './cluster/replica';
+import type { ShardSpec } from './cluster/shard';
 import { Metrics, serveMetrics, type MetricsServer } from './telemetry/metrics';
 import { RequestLog } from './telemetry/request-log';
 import { FeatureLog } from './telemetry/feature-log';
@@ -46,6 +48,11 @@ export interface StartOptions {
    * bind): a worker joining others that already serve must not take connections before then.
    */
   bindLate?: (state: ServingState) => Promise<number>;
+  /**
+   * A replica of shard `shard` of a sharded cluster (`--nats URL --shard I/N`): the data
+   * directory (created when missing) is filled and kept current from the NATS JetStream stream.
+   */
+  cluster?: { nats: string; shard: ShardSpec };
 }
 
 /** A running server. */
@@ -63,6 +70,8 @@ export interface Running {
   requestLog?: RequestLog;
   /** The feature log, when `featureLog` was given. */
   featureLog?: FeatureLog;
+  /** A replica of a sharded cluster: its link to the stream. */
+  replica?: Replica;
   /** Re-reads the config file now (what SIGHUP does); resolves to what happened. */
   reloadConfig(): Promise<ReloadOutcome>;
   /** Drains in-flight calls, flushes the request and feature logs, checkpoints the ANN index, flushes traces, closes the store. */
@@ -145,7 +154,14 @@ export async function start(options: StartOptions): Promise<Running> {
     configVersion: () => server.config.version,
     dataSeq: () => server.servingState?.appliedSeq ?? null,
     traceSpans: () => tracing.spanStats(),
+    replication: () => replica?.status() ?? null,
   });
+  const replica = options.cluster
+    ? new Replica(options.cluster.nats, options.cluster.shard, config, log, {
+        applied: (kind) => metrics.replicationApplied(kind),
+        parked: (reason) => metrics.replicationParked(reason),
+      })
+    : undefined;
   let metricsServer: MetricsServer | null = null;
   let port: number;
   let state: ServingState;
@@ -161,9 +177,15 @@ export async function start(options: StartOptions): Promise<Running> {
       }
     } else {
       port = await server.listen();
+      if (replica) {
+        // Health says NOT_SERVING meanwhile: the shard's writes are applied before anything is served.
+        const boot = await replica.bootstrap(options.dataDir);
+        log.info({ shard: `${options.cluster!.shard.index}/${options.cluster!.shard.count}`, ...boot }, 'replica bootstrapped from the stream');
+      }
       state = await ServingState.open(options.dataDir, config, log, options.stateOptions);
     }
   } catch (err) {
+    await replica?.close();
     server.forceStop();
     await metricsServer?.close();
     await requestLog?.close();
@@ -172,6 +194,10 @@ export async function start(options: StartOptions): Promise<Running> {
     throw err;
   }
   state.startUpkeep();
+  if (replica) {
+    await replica.serve(state);
+    server.attachReplica(replica);
+  }
   server.attach(state);
   const report = (o: ReloadOutcome) => {
     if (o.result === 'ok') {
@@ -200,6 +226,7 @@ export async function start(options: StartOptions): Promise<Running> {
     log,
     requestLog,
     featureLog,
+    replica,
     reloadConfig: () =>
       watcher
         ? watcher.reload()
@@ -211,6 +238,7 @@ export async function start(options: StartOptions): Promise<Running> {
         // Every answered Retrieve has been recorded once the drain is over.
         await requestLog?.close();
         await featureLog?.close();
+        await replica?.close();
         await state.close();
         await metricsServer?.close();
         // A collector that is down must not turn a clean drain into a failed exit.

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { generateCatalog } from '../catalog/generate';
+import { generateCatalog, type CatalogOptions } from '../catalog/generate';
 import { MARKER_FILE } from '../store/catalog-store';
 import { runIngest } from './ingest-command';
 import { runServe } from './serve-command';
@@ -27,22 +27,27 @@ export interface DemoCommandOptions {
   featureLog?: string;
 }
 
+/** Writes a generated catalog (JSON Lines) to `file`. */
+export async function writeCatalogFile(file: string, options: CatalogOptions): Promise<void> {
+  const out = fs.createWriteStream(file);
+  let buf = '';
+  for (const row of generateCatalog(options)) {
+    buf += JSON.stringify(row) + '\n';
+    if (buf.length > 1 << 20) {
+      if (!out.write(buf)) await new Promise<void>((r) => out.once('drain', () => r()));
+      buf = '';
+    }
+  }
+  out.end(buf);
+  await new Promise<void>((resolve, reject) => out.on('finish', resolve).on('error', reject));
+}
+
 async function buildDemo(dir: string, ads: number): Promise<number> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'funnel-demo-'));
   const file = path.join(tmp, 'catalog.jsonl');
   try {
     process.stdout.write(`building the demo catalog: ${ads} generated ads, 64-d, into ${dir} (first run only)\n`);
-    const out = fs.createWriteStream(file);
-    let buf = '';
-    for (const row of generateCatalog({ count: ads, dim: 64, seed: 7, now: new Date() })) {
-      buf += JSON.stringify(row) + '\n';
-      if (buf.length > 1 << 20) {
-        if (!out.write(buf)) await new Promise<void>((r) => out.once('drain', () => r()));
-        buf = '';
-      }
-    }
-    out.end(buf);
-    await new Promise<void>((resolve, reject) => out.on('finish', resolve).on('error', reject));
+    await writeCatalogFile(file, { count: ads, dim: 64, seed: 7, now: new Date() });
     return await runIngest({ catalog: file, data: dir, replace: false });
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });

@@ -9,7 +9,8 @@ import { runStats } from './stats-command';
 import { defaultWorkers, runServe } from './serve-command';
 import { runRetrieve } from './retrieve-command';
 import { parseAdIds, runExplain } from './explain-command';
-import { runDemo } from './demo-command';
+import { runDemo, writeCatalogFile } from './demo-command';
+import { runRoot } from './root-command';
 import { runConfigPrint, runConfigValidate } from './config-command';
 import { runEval } from './eval-command';
 import { addTrainRankerCommand } from './train-command';
@@ -66,14 +67,33 @@ export function buildProgram(): Command {
     .command('ingest')
     .description('create or update a data directory (LMDB store and ANN index) from a catalog JSONL file')
     .requiredOption('--catalog <file>', 'catalog file, one JSON ad per line')
-    .requiredOption('--data <dir>', 'data directory (created if missing)')
-    .option('--replace', 'make the directory hold exactly the file (delete ads absent from it)', false)
+    .option('--data <dir>', 'data directory (created if missing); or, for a sharded cluster, --nats and --shards')
+    .option('--nats <url>', 'publish the file to the cluster\'s JetStream stream instead (validated in full first; each shard applies its part at once)')
+    .option('--shards <n>', 'with --nats: the number of shards N (an ad goes to shard fnv1a32(ad_id) mod N)', positiveInt('--shards', 1024))
+    .option('--config <file>', 'with --nats: YAML config whose cluster section names the stream and subjects (default: built-in)')
+    .option('--replace', 'make the directory (or every shard) hold exactly the file (delete ads absent from it)', false)
     .addOption(new Option('--metric <metric>', 'ANN metric for a new or replaced directory').choices(['ip', 'cos', 'l2']))
     .option('--ann-m <n>', 'HNSW degree M for a new or replaced directory', positiveInt('--ann-m', 128))
     .option('--ann-ef-construction <n>', 'HNSW efConstruction for a new or replaced directory', positiveInt('--ann-ef-construction', 4096))
     .option('--threads <n>', 'threads for the ANN build (default: all cores)', positiveInt('--threads', 256))
     .action(async (opts) => {
       process.exitCode = await runIngest(opts);
+    });
+  program
+    .command('generate')
+    .description('write a generated catalog (JSON Lines, as the demo\'s) to a file: for trials and the compose cluster profile')
+    .requiredOption('--out <file>', 'catalog file to write')
+    .option('--ads <n>', 'ads to generate', positiveInt('--ads', 100_000_000), 100_000)
+    .option('--dim <n>', 'embedding length', positiveInt('--dim', 4096), 64)
+    .option('--seed <n>', 'random seed', positiveInt('--seed', 2 ** 31), 7)
+    .action(async (opts: { out: string; ads: number; dim: number; seed: number }) => {
+      try {
+        await writeCatalogFile(opts.out, { count: opts.ads, dim: opts.dim, seed: opts.seed, now: new Date() });
+        process.stdout.write(`wrote ${opts.ads} generated ads (${opts.dim}-d, seed ${opts.seed}) to ${opts.out}\n`);
+      } catch (err) {
+        process.stderr.write(`funnel generate: ${(err as Error).message}\n`);
+        process.exitCode = 3;
+      }
     });
   program
     .command('stats')
@@ -99,9 +119,25 @@ export function buildProgram(): Command {
     .option('--request-log <dir>', 'write a sampled log of Retrieve requests here (JSON Lines, rotated) for funnel eval')
     .option('--request-log-sample <r>', 'share of Retrieves logged, 0..1 (default 0.01; needs --request-log)', fraction('--request-log-sample'))
     .option('--feature-log <dir>', "write the EarlyRanker's features of sampled Retrieves here (JSON Lines, rotated; shares: config feature_log) for funnel examples")
-    .option('--workers <n>', `serving processes on the port over the data directory (default: the available cores, ${defaultWorkers()} here; 1 = a single process)`, positiveInt('--workers', 1024))
+    .option('--workers <n>', `serving processes on the port over the data directory (default: the available cores, ${defaultWorkers()} here; 1 = a single process; always 1 with --nats)`, positiveInt('--workers', 1024))
+    .option('--nats <url>', 'NATS server URL(s), comma-separated: serve as a replica of --shard, applying its writes from the JetStream stream (config cluster)')
+    .option('--shard <I/N>', 'with --nats: the shard this replica serves (0-based I of N; an ad belongs to shard fnv1a32(ad_id) mod N)')
     .action(async (opts) => {
       process.exitCode = await runServe(opts);
+    });
+  program
+    .command('root')
+    .description('serve Retrieval and Admin in front of a sharded cluster: fan out to one replica per shard, merge by score, diversify, route writes')
+    .requiredOption('--shards <list>', 'the shards\' replicas: "H:P,H:P;H:P,H:P" (shards by ";", replicas of a shard by ",", shard 0 first)')
+    .option('--nats <url>', 'NATS server URL(s) of the cluster (writes go through the shards\' replicas, which publish them)')
+    .option('--port <n>', 'gRPC port (0 = any free port)', port, 50051)
+    .option('--host <host>', 'address to bind (0.0.0.0 for every interface)', '127.0.0.1')
+    .option('--metrics-port <n>', 'port of the Prometheus /metrics endpoint (0 = off)', port, 9464)
+    .option('--admin-token-file <file>', 'bearer token Admin and Explain calls must present (checked here, and by the shards, to which the caller\'s authorization is passed)')
+    .option('--config <file>', 'YAML config (limits, root section, pipelines\' Diversifier caps); watched and re-read on SIGHUP')
+    .option('--drain-timeout-ms <n>', 'longest SIGTERM waits for in-flight calls', positiveInt('--drain-timeout-ms', 3_600_000), 10_000)
+    .action(async (opts) => {
+      process.exitCode = await runRoot(opts);
     });
   program
     .command('retrieve')

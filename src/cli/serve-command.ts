@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { runPrimary } from '../cluster/primary';
 import { joinPrimary, type WorkerLink } from '../cluster/worker';
 import { defaultLogger, start, type Running } from '../main';
+import { parseShardSpec, type ShardSpec } from '../cluster/shard';
 
 /** Options as commander parses them. */
 export interface ServeCommandOptions {
@@ -31,6 +32,10 @@ export interface ServeCommandOptions {
   featureLog?: string;
   /** Serving processes on the port (default: the available cores; 1 = this process serves). */
   workers?: number;
+  /** NATS server URL(s): this process is a replica of `--shard` in a sharded cluster. */
+  nats?: string;
+  /** `I/N`: the shard this replica serves (with --nats). */
+  shard?: string;
 }
 
 /** `--workers` when not given: one per available core. */
@@ -60,7 +65,25 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
     process.stderr.write('funnel serve: --feature-log and --request-log need different directories\n');
     return 2;
   }
-  const workers = opts.workers ?? defaultWorkers();
+  let shard: ShardSpec | undefined;
+  if (Boolean(opts.nats) !== Boolean(opts.shard)) {
+    process.stderr.write('funnel serve: --nats and --shard go together (a replica of shard I of N)\n');
+    return 2;
+  }
+  if (opts.shard) {
+    try {
+      shard = parseShardSpec(opts.shard);
+    } catch (err) {
+      process.stderr.write(`funnel serve: ${(err as Error).message}\n`);
+      return 2;
+    }
+    if (opts.workers !== undefined && opts.workers > 1) {
+      // One process applies the stream into the data directory; scale a shard with more replicas.
+      process.stderr.write('funnel serve: --nats runs one serving process per replica (--workers 1); add replicas to the shard to scale it\n');
+      return 2;
+    }
+  }
+  const workers = shard ? 1 : (opts.workers ?? defaultWorkers());
   const admin = opts.tlsClientCa ? 'mTLS' : opts.adminTokenFile ? 'bearer token' : 'disabled';
   if (cluster.isPrimary && workers > 1) {
     return runPrimary({
@@ -90,6 +113,7 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
       drainTimeoutMs: opts.drainTimeoutMs,
       requestLog: opts.requestLog ? { dir: opts.requestLog, sample: opts.requestLogSample ?? DEFAULT_REQUEST_LOG_SAMPLE } : undefined,
       featureLog: opts.featureLog ? { dir: opts.featureLog } : undefined,
+      cluster: shard ? { nats: opts.nats!, shard } : undefined,
     });
   } catch (err) {
     // Bad data directory, bad config, port taken, index load failure: all exit 3 with the reason.
@@ -137,6 +161,7 @@ export async function runServe(opts: ServeCommandOptions, extra: { banner?: (r: 
     }
     process.stdout.write(
       `funnel serving on ${running.host}:${running.port} (${state.ads.size} ads, dim ${state.dim ?? '-'}, seq ${state.seq}; ` +
+        (running.replica ? `shard ${running.replica.shard.index}/${running.replica.shard.count}, stream seq ${running.replica.appliedSeq}; ` : '') +
         `metrics ${running.metricsPort ? `http://${running.host}:${running.metricsPort}/metrics` : 'off'}; ` +
         `tracing ${running.tracing.exporters.join('+') || 'off'}; ` +
         `admin ${admin}; ${opts.tlsCert ? 'TLS' : 'plaintext'})\n`,

@@ -24,6 +24,9 @@ import type { StageObserver } from '../pipeline/run-stage';
 import { sourceNames, type RetrieveQuery, type StageReport } from '../pipeline/types';
 import { AD_ID } from '../store/catalog-schema';
 import type { ServingState } from '../serving/state';
+import { ReplicationError, type ApplyResult, type Replica } from '../cluster/replica';
+import type { StreamMessage } from '../cluster/messages';
+import { shardOf } from '../cluster/shard';
 import { AdmissionControl, type Permit, type Refusal, type ShedReason, type Waiting } from './admission';
 import { decodeRetrieveRequest, encodeRetrieveResponse, type DecodedRetrieve, type RetrieveResponseMessage } from './codec';
 import { retrieveFromJson } from './request-json';
@@ -92,7 +95,8 @@ function toStatus(err: unknown): { code: grpc.status; details: string } {
 }
 
 /** Constant-time comparison of a presented token with the configured one. */
-function tokenMatches(presented: string, expected: string): boolean {
+/** Constant-time comparison of a presented bearer token with the expected one. */
+export function tokenMatches(presented: string, expected: string): boolean {
   const a = crypto.createHash('sha256').update(presented).digest();
   const b = crypto.createHash('sha256').update(expected).digest();
   return crypto.timingSafeEqual(a, b);
@@ -115,6 +119,10 @@ export class FunnelServer {
   private expiryTimer: NodeJS.Timeout | undefined;
   private expiryAtMs = Infinity;
   private config_: Config;
+  /** A replica of a sharded cluster: Admin writes go through its stream, tokens are stream sequence numbers. */
+  private replica_: Replica | undefined;
+  private replicaHealth: NodeJS.Timeout | undefined;
+  private servingHealthy = false;
 
   constructor(
     config: Config,
@@ -190,6 +198,7 @@ export class FunnelServer {
     }
     this.funnel_?.prepare(c);
     this.state_?.configure(c);
+    this.replica_?.configure(c);
     this.telemetry.tracer?.setSampleRatio(c.tracing.sample_ratio);
     this.config_ = c;
   }
@@ -201,7 +210,32 @@ export class FunnelServer {
     funnel.prepare(this.config_);
     this.state_ = state;
     this.funnel_ = funnel;
-    if (!this.draining) for (const s of HEALTH_SERVICES) this.health.setStatus(s, 'SERVING');
+    this.setHealth(true);
+  }
+
+  /**
+   * Makes this server a replica of a shard: Admin writes are published to the shard's stream
+   * and answered once applied here; `min_seq` and `data_seq` are stream sequence numbers; health
+   * is NOT_SERVING while the replica lags past config cluster.max_lag_*.
+   */
+  attachReplica(replica: Replica): void {
+    this.replica_ = replica;
+    replica.configure(this.config_);
+    this.replicaHealth = setInterval(() => this.setHealth(this.state_ !== undefined), 500);
+    this.replicaHealth.unref();
+  }
+
+  private setHealth(loaded: boolean): void {
+    const ok = loaded && !this.draining && !(this.replica_?.tooFarBehind() ?? false);
+    if (ok === this.servingHealthy) return;
+    this.servingHealthy = ok;
+    if (!ok && loaded && !this.draining) this.log.warn({ status: this.replica_?.status() }, 'replica too far behind the stream: health NOT_SERVING');
+    for (const s of HEALTH_SERVICES) this.health.setStatus(s, ok ? 'SERVING' : 'NOT_SERVING');
+  }
+
+  /** The data sequence number answers carry and `min_seq` compares with: the stream's for a replica. */
+  private dataSeq(state: ServingState): number {
+    return this.replica_ ? this.replica_.appliedSeq : state.seq;
   }
 
   private get state(): ServingState {
@@ -247,6 +281,8 @@ export class FunnelServer {
   async drain(): Promise<void> {
     if (this.draining) return;
     this.draining = true;
+    clearInterval(this.replicaHealth);
+    this.servingHealthy = false;
     for (const s of HEALTH_SERVICES) this.health.setStatus(s, 'NOT_SERVING');
     const started = Date.now();
     await new Promise<void>((resolve) => {
@@ -531,9 +567,13 @@ export class FunnelServer {
       // for the answer, so that the caller hears UNAVAILABLE or the degraded answer, not its own timeout.
       let stale = false;
       const waitUntil = deadlineMs - Math.max(20, (deadlineMs - Date.now()) / 4);
-      if (req.min_seq > state.seq && !(await state.waitForSeq(req.min_seq, waitUntil, abort.signal))) {
+      const replica = this.replica_;
+      if (
+        req.min_seq > this.dataSeq(state) &&
+        !(await (replica ? replica.waitFor(req.min_seq, waitUntil, abort.signal) : state.waitForSeq(req.min_seq, waitUntil, abort.signal)))
+      ) {
         if (config.limits.on_min_seq === 'unavailable') {
-          throw new RpcError(grpc.status.UNAVAILABLE, `min_seq ${req.min_seq} is not applied here yet (data_seq ${state.seq}) and the deadline passed (limits.on_min_seq)`);
+          throw new RpcError(grpc.status.UNAVAILABLE, `min_seq ${req.min_seq} is not applied here yet (data_seq ${this.dataSeq(state)}) and the deadline passed (limits.on_min_seq)`);
         }
         stale = true;
       }
@@ -587,7 +627,7 @@ export class FunnelServer {
           : [],
         request_id: query.requestId,
         pipeline: query.pipeline,
-        data_seq: String(result.seq),
+        data_seq: String(this.replica_ ? this.replica_.appliedSeq : result.seq),
       };
       return { request: req, query, pipeline, result, response, returnedIds: answered.map((c) => c.id) };
     } finally {
@@ -596,8 +636,36 @@ export class FunnelServer {
     }
   }
 
+  /**
+   * A replica: refuses ads of other shards (naming the field), publishes the write to this
+   * shard's stream and answers once applied here.
+   */
+  private async replicate(m: StreamMessage, ids: ReadonlyArray<{ field: string; adId: string }>): Promise<{ seq: number; result: ApplyResult }> {
+    const replica = this.replica_!;
+    const { index, count } = replica.shard;
+    for (const { field, adId } of ids) {
+      const owner = shardOf(adId, count);
+      if (owner !== index) throw invalid(field, `ad ${adId} belongs to shard ${owner} of ${count}, not this replica's shard ${index}; send it to that shard or through funnel root`);
+    }
+    try {
+      return await replica.publish(m);
+    } catch (err) {
+      if (!(err instanceof ReplicationError)) throw err;
+      if (err.code === 'too_large') throw new RpcError(grpc.status.INVALID_ARGUMENT, err.message);
+      if (err.code === 'parked') throw new RpcError(grpc.status.FAILED_PRECONDITION, err.message);
+      throw new RpcError(grpc.status.UNAVAILABLE, err.message);
+    }
+  }
+
   private async upsertAds(req: { ads?: AdMessage[] }) {
     const rows = validateAds(req.ads, this.config_, this.state.dim);
+    if (this.replica_) {
+      const { seq, result } = await this.replicate(
+        { kind: 'upsert', ads: rows },
+        rows.map((r, i) => ({ field: `ads[${i}].ad_id`, adId: r.ad_id })),
+      );
+      return { inserted: result.inserted ?? 0, updated: result.updated ?? 0, seq: String(seq) };
+    }
     const r = await this.state.upsertAds(rows);
     return { inserted: r.inserted, updated: r.updated, seq: String(r.seq) };
   }
@@ -605,11 +673,20 @@ export class FunnelServer {
   private async setAdStatus(req: { ad_ids?: string[]; status?: string }) {
     const ids = validateAdIds('ad_ids', req.ad_ids, this.config_);
     if (req.status !== 'active' && req.status !== 'paused') throw invalid('status', 'must be "active" or "paused"');
+    if (this.replica_) {
+      const { seq, result } = await this.replicate({ kind: 'status', ad_ids: ids, status: req.status }, idFields('ad_ids', ids));
+      return { updated: result.count, unknown_ad_ids: result.unknown, seq: String(seq) };
+    }
     const r = await this.state.setStatus(ids, req.status);
     return { updated: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
 
   private async deleteAds(req: { ad_ids?: string[] }) {
+    if (this.replica_) {
+      const ids = validateAdIds('ad_ids', req.ad_ids, this.config_);
+      const { seq, result } = await this.replicate({ kind: 'delete', ad_ids: ids }, idFields('ad_ids', ids));
+      return { deleted: result.count, unknown_ad_ids: result.unknown, seq: String(seq) };
+    }
     const r = await this.state.deleteAds(validateAdIds('ad_ids', req.ad_ids, this.config_));
     return { deleted: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
@@ -632,6 +709,13 @@ export class FunnelServer {
       if (!Number.isSafeInteger(n) || n < 0) throw invalid(`entries[${i}].spend_micros`, 'must be an integer in 0..2^53-1');
       return { ad_id: adId, spend_micros: n };
     });
+    if (this.replica_) {
+      const { seq, result } = await this.replicate(
+        { kind: 'spend', entries: checked, time_ms: Date.now() },
+        checked.map((e, i) => ({ field: `entries[${i}].ad_id`, adId: e.ad_id })),
+      );
+      return { applied: result.count, unknown_ad_ids: result.unknown, seq: String(seq) };
+    }
     const r = await this.state.reportSpend(checked);
     return { applied: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
@@ -655,12 +739,23 @@ export class FunnelServer {
       if ((e.request_id ?? '').length > limits.max_string_bytes) throw invalid(`events[${i}].request_id`, `is longer than ${limits.max_string_bytes} characters`);
       return { ad_id: adId, type: e.type as 'IMPRESSION' | 'CLICK', timestamp_ms: t === 0 ? now : t, attributes };
     });
+    if (this.replica_) {
+      const { seq, result } = await this.replicate(
+        { kind: 'events', events: checked.map((e) => ({ ...e, attributes: Object.fromEntries(Object.entries(e.attributes).map(([k, v]) => [k, [...v]])) })) },
+        checked.map((e, i) => ({ field: `events[${i}].ad_id`, adId: e.ad_id })),
+      );
+      return { applied: result.count, unknown_ad_ids: result.unknown, seq: String(seq) };
+    }
     const r = await this.state.recordEvents(checked);
     return { applied: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
 }
 
 /** An observer that reports every stage to `a`, then to `b`. */
+function idFields(field: string, ids: readonly string[]): { field: string; adId: string }[] {
+  return ids.map((adId, i) => ({ field: `${field}[${i}]`, adId }));
+}
+
 function bothObservers(a: StageObserver, b: StageObserver): StageObserver {
   return {
     start(name, ctx) {

@@ -12,7 +12,7 @@ import { HnswIndex as NativeHnswIndex, TargetingIndex as NativeTargetingIndex } 
 import type { PopularityView, ServingView, VectorSource } from '../pipeline/types';
 import { syncAnnIndex, annPath } from '../store/ann-sync';
 import type { CatalogRow } from '../store/catalog-schema';
-import { CatalogStore, utcDay, type AdRecord, type EngagementEvent } from '../store/catalog-store';
+import { CatalogStore, utcDay, type AdRecord, type AnnSettings, type EngagementEvent } from '../store/catalog-store';
 import { AdTable, epochDay } from './ad-table';
 import { PopularityState, type PopularityRecord, type PopularityUpdate, type ResolvedEvent } from './popularity';
 import { PriorOrder } from './prior-order';
@@ -416,9 +416,9 @@ export class ServingState implements ServingView {
   }
 
   /** Inserts or replaces ads (validated rows of the catalog's dimension). */
-  upsertAds(rows: ReadonlyArray<CatalogRow>): Promise<{ seq: number; inserted: number; updated: number }> {
+  upsertAds(rows: ReadonlyArray<CatalogRow>, stream?: number): Promise<{ seq: number; inserted: number; updated: number }> {
     return this.write(async () => {
-      const result = await this.store.upsert(rows);
+      const result = await this.store.upsert(rows, stream);
       const now = Date.now();
       const ids = new Uint32Array(rows.length);
       const dim = this.store.dim!;
@@ -445,9 +445,9 @@ export class ServingState implements ServingView {
   }
 
   /** Pauses or activates ads; unknown ids are reported, not an error. */
-  setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused'): Promise<WriteOutcome> {
+  setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused', stream?: number): Promise<WriteOutcome> {
     return this.write(async () => {
-      const r = await this.store.setStatus(adIds, status);
+      const r = await this.store.setStatus(adIds, status, stream);
       const touched: number[] = [];
       for (const rec of r.updated) {
         this.ads.setActive(rec.id, status === 'active');
@@ -460,7 +460,7 @@ export class ServingState implements ServingView {
   }
 
   /** Deletes ads; unknown ids are reported, not an error. */
-  deleteAds(adIds: ReadonlyArray<string>): Promise<WriteOutcome> {
+  deleteAds(adIds: ReadonlyArray<string>, stream?: number): Promise<WriteOutcome> {
     return this.write(async () => {
       const known: { adId: string; id: number }[] = [];
       const unknown: string[] = [];
@@ -469,7 +469,10 @@ export class ServingState implements ServingView {
         if (id < 0) unknown.push(adId);
         else known.push({ adId, id });
       }
-      const r = await this.store.remove(known.map((k) => k.adId));
+      const r = await this.store.remove(
+        known.map((k) => k.adId),
+        stream,
+      );
       for (const { id } of known) this.removeLocal(id);
       this.popularity.remove(known.map((k) => k.id));
       this.priorOrder.remove(known.map((k) => k.id));
@@ -491,13 +494,14 @@ export class ServingState implements ServingView {
   }
 
   /** Records today's cumulative spend per ad; unknown ids are reported. */
-  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>): Promise<WriteOutcome> {
+  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>, options: { nowMs?: number; stream?: number } = {}): Promise<WriteOutcome> {
     return this.write(async () => {
-      const now = Date.now();
+      const now = options.nowMs ?? Date.now();
       const unknown = entries.filter((e) => this.ads.idOf(e.ad_id) < 0).map((e) => e.ad_id);
       const r = await this.store.reportSpend(
         entries.filter((e) => this.ads.idOf(e.ad_id) >= 0),
         now,
+        options.stream,
       );
       const touched: number[] = [];
       for (const e of entries) {
@@ -514,6 +518,7 @@ export class ServingState implements ServingView {
   /** Records engagement events (counters and decayed popularity); unknown ids are reported. */
   recordEvents(
     events: ReadonlyArray<EngagementEvent & { attributes: Readonly<Record<string, readonly string[]>> }>,
+    stream?: number,
   ): Promise<WriteOutcome> {
     return this.write(async () => {
       const resolved: ResolvedEvent[] = [];
@@ -530,10 +535,28 @@ export class ServingState implements ServingView {
       }
       // Planned from the stored sums inside the transaction: another process may have added to them.
       let updates: PopularityUpdate[] = [];
-      const r = await this.store.recordEvents(known, (stored) => (updates = this.popularity.plan(resolved, stored)));
+      const r = await this.store.recordEvents(known, (stored) => (updates = this.popularity.plan(resolved, stored)), stream);
       this.popularity.apply(updates);
       return { seq: r.seq, count: r.applied, unknown };
     });
+  }
+
+  /**
+   * A replica: applies the stream ingest staged in the store (every row in one transaction,
+   * tagged with stream sequence number `stream`), then re-reads every ad from the store.
+   */
+  commitStreamIngest(options: { replace: boolean; ann?: Partial<AnnSettings> }, stream: number): Promise<{ seq: number; inserted: number; updated: number; removed: number }> {
+    return this.writes.run(async () => {
+      const r = this.store.commitStaging({ ...options, stream });
+      await this.store.flushed();
+      await this.catchUpLocked();
+      return r;
+    });
+  }
+
+  /** A replica: records a stream message consumed without a change (parked, or staged for an ingest). */
+  markStream(run: () => Promise<void>): Promise<void> {
+    return this.writes.run(run);
   }
 
   /** Applies every write committed to the store (by any process) that this one has not; resolves to the sequence number now applied. */

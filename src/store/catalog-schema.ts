@@ -94,6 +94,11 @@ export function parseCatalogLine(line: string, dim?: number): { row: CatalogRow 
   } catch (err) {
     return { issues: [{ field: '(row)', reason: `invalid JSON: ${(err as Error).message}` }] };
   }
+  return parseCatalogObject(json, dim);
+}
+
+/** Validates one parsed catalog row (a JSON value), as parseCatalogLine does after JSON.parse. */
+export function parseCatalogObject(json: unknown, dim?: number): { row: CatalogRow } | { issues: RowIssue[] } {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     return { issues: [{ field: '(row)', reason: 'must be a JSON object' }] };
   }

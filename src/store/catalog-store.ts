@@ -85,6 +85,27 @@ export interface JournalEntry {
   ads: string[];
   vectors: boolean;
   all?: boolean;
+  /** The stream sequence number this write applied (a replica of a sharded cluster). */
+  stream?: number;
+}
+
+/** A stream message a replica could not apply: kept, with why, for an operator to read. */
+export interface ParkedMessage {
+  reason: string;
+  detail: string;
+  subject: string;
+  time_ms: number;
+  data: string;
+}
+
+/** An ingest arriving through the stream in chunks (staged until its commit). */
+export interface StreamStaging {
+  ingest: string;
+  rows: number;
+  replace: boolean;
+  ann?: Partial<AnnSettings>;
+  next_chunk: number;
+  next_row: number;
 }
 
 /** What one write transaction did. */
@@ -134,6 +155,10 @@ interface Meta {
    * contiguous, so its first key minus one plays the part.
    */
   log_floor?: number;
+  /** A replica of a sharded cluster: the last stream sequence number applied (or parked). */
+  stream_seq?: number;
+  /** A replica: the stream ingest being staged, if any. */
+  stream_staging?: StreamStaging | null;
 }
 
 const DEFAULT_ANN: AnnSettings = { metric: 'ip', M: 16, efConstruction: 200 };
@@ -203,6 +228,7 @@ export class CatalogStore {
     private readonly engagementDb: Database<EngagementRecord, string>,
     private readonly popularityDb: Database<PopularityRecord, string>,
     private readonly journalDb: Database<JournalEntry, number>,
+    private readonly parkedDb: Database<ParkedMessage, number>,
   ) {}
 
   /**
@@ -259,6 +285,7 @@ export class CatalogStore {
       env.openDB<EngagementRecord, string>({ name: 'engagement' }),
       env.openDB<PopularityRecord, string>({ name: 'popularity' }),
       env.openDB<JournalEntry, number>({ name: 'journal', keyEncoding: 'uint32' }),
+      env.openDB<ParkedMessage, number>({ name: 'parked', keyEncoding: 'uint32' }),
     );
     if (fresh) {
       env.transactionSync(() => {
@@ -295,6 +322,62 @@ export class CatalogStore {
   /** Change sequence number: bumped by every write transaction. */
   get seq(): number {
     return this.m().seq;
+  }
+
+  /** A replica: the last stream sequence number applied or parked here (0: none). */
+  get streamSeq(): number {
+    return this.m().stream_seq ?? 0;
+  }
+
+  /** A replica: the stream ingest being staged, if any. */
+  get streamStaging(): StreamStaging | null {
+    return this.m().stream_staging ?? null;
+  }
+
+  /**
+   * A replica: records that stream message `stream` was consumed without a change (parked as
+   * malformed, with `parked`, or a no-op), in one transaction; no sequence number is bumped.
+   */
+  markStream(stream: number, parked?: ParkedMessage): Promise<void> {
+    return this.env.transaction(() => {
+      const m = this.m();
+      if (parked) this.parkedDb.putSync(stream, parked);
+      m.stream_seq = stream;
+      this.meta.putSync('meta', m);
+    });
+  }
+
+  /** Parked stream messages, oldest first (stream sequence number, message). */
+  *parked(): IterableIterator<{ stream: number; message: ParkedMessage }> {
+    for (const { key, value } of this.parkedDb.getRange()) yield { stream: key as number, message: value };
+  }
+
+  /** A replica: starts staging a stream ingest (dropping any unfinished one), in one transaction with `stream`. */
+  beginStreamIngest(staging: Omit<StreamStaging, 'next_chunk' | 'next_row'>, stream: number): Promise<void> {
+    return this.env.transaction(() => {
+      const m = this.m();
+      this.stagingDb.clearSync();
+      m.stream_staging = { ...staging, next_chunk: 0, next_row: 0 };
+      m.stream_seq = stream;
+      this.meta.putSync('meta', m);
+    });
+  }
+
+  /**
+   * A replica: stages chunk `chunk` of stream ingest `ingest`, in one transaction with `stream`.
+   * Throws DataDirError (nothing written) when it is not the chunk expected next.
+   */
+  stageStreamChunk(ingest: string, chunk: number, rows: ReadonlyArray<CatalogRow>, stream: number): Promise<void> {
+    return this.env.transaction(() => {
+      const m = this.m();
+      const st = m.stream_staging;
+      if (!st || st.ingest !== ingest) throw new DataDirError(`chunk ${chunk} of ingest ${ingest}, which was not begun (staging: ${st ? st.ingest : 'none'})`);
+      if (chunk !== st.next_chunk) throw new DataDirError(`chunk ${chunk} of ingest ${ingest} arrived where chunk ${st.next_chunk} was expected`);
+      for (const row of rows) this.stagingDb.putSync(st.next_row++, row);
+      st.next_chunk++;
+      m.stream_seq = stream;
+      this.meta.putSync('meta', m);
+    });
   }
   /** Embedding dimension, or null before the first ad. */
   get dim(): number | null {
@@ -417,7 +500,11 @@ export class CatalogStore {
   }
 
   /** Bumps the sequence number and writes the log (only when vectors changed) and the journal; inside a write transaction. */
-  private logWrite(m: Meta, changes: Change[], entry: JournalEntry): void {
+  private logWrite(m: Meta, changes: Change[], entry: JournalEntry, stream?: number): void {
+    if (stream !== undefined) {
+      m.stream_seq = stream;
+      entry.stream = stream;
+    }
     // First write of this build on an older directory: pin the floor before the log gains gaps.
     if (m.log_floor === undefined) {
       let first: number | undefined;
@@ -473,7 +560,7 @@ export class CatalogStore {
   }
 
   /** Inserts or replaces ads (by ad_id) in one transaction. Throws DataDirError on a dimension clash, writing nothing. */
-  upsert(rows: ReadonlyArray<CatalogRow>): Promise<WriteResult> {
+  upsert(rows: ReadonlyArray<CatalogRow>, stream?: number): Promise<WriteResult> {
     return this.env.transaction(() => {
       const m = this.m();
       this.checkDim(m, rows);
@@ -481,13 +568,13 @@ export class CatalogStore {
       const result: WriteResult = { seq: m.seq, inserted: 0, updated: 0, removed: 0 };
       const changes: Change[] = [];
       for (const row of rows) this.putRow(m, row, changes, result);
-      this.logWrite(m, changes, { ads: rows.map((r) => r.ad_id), vectors: true });
+      this.logWrite(m, changes, { ads: rows.map((r) => r.ad_id), vectors: true }, stream);
       return result;
     });
   }
 
   /** Deletes ads by ad_id in one transaction; unknown ids are skipped. */
-  remove(adIds: ReadonlyArray<string>): Promise<WriteResult> {
+  remove(adIds: ReadonlyArray<string>, stream?: number): Promise<WriteResult> {
     return this.env.transaction(() => {
       const m = this.m();
       m.seq++;
@@ -501,7 +588,7 @@ export class CatalogStore {
           removed.push(adId);
         }
       }
-      this.logWrite(m, changes, { ads: removed, vectors: true });
+      this.logWrite(m, changes, { ads: removed, vectors: true }, stream);
       return result;
     });
   }
@@ -511,7 +598,7 @@ export class CatalogStore {
    * day replaces the earlier one; a new day starts over), bumping the sequence number. Unknown
    * ad_ids are skipped and counted.
    */
-  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>, nowMs = Date.now()): Promise<{ seq: number; applied: number; unknown: number }> {
+  reportSpend(entries: ReadonlyArray<{ ad_id: string; spend_micros: number }>, nowMs = Date.now(), stream?: number): Promise<{ seq: number; applied: number; unknown: number }> {
     const day = utcDay(nowMs);
     return this.env.transaction(() => {
       const m = this.m();
@@ -528,7 +615,7 @@ export class CatalogStore {
         touched.push(e.ad_id);
         applied++;
       }
-      this.logWrite(m, [], { ads: touched, vectors: false });
+      this.logWrite(m, [], { ads: touched, vectors: false }, stream);
       return { seq: m.seq, applied, unknown };
     });
   }
@@ -548,7 +635,7 @@ export class CatalogStore {
    * Sets the status of ads in one transaction (bumping the sequence number); unknown ad_ids
    * are returned, not an error.
    */
-  setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused'): Promise<{ seq: number; updated: AdRecord[]; unknown: string[] }> {
+  setStatus(adIds: ReadonlyArray<string>, status: 'active' | 'paused', stream?: number): Promise<{ seq: number; updated: AdRecord[]; unknown: string[] }> {
     return this.env.transaction(() => {
       const m = this.m();
       m.seq++;
@@ -564,7 +651,7 @@ export class CatalogStore {
         this.adsDb.putSync(adId, next);
         updated.push(next);
       }
-      this.logWrite(m, [], { ads: updated.map((r) => r.ad_id), vectors: false });
+      this.logWrite(m, [], { ads: updated.map((r) => r.ad_id), vectors: false }, stream);
       return { seq: m.seq, updated, unknown };
     });
   }
@@ -589,6 +676,7 @@ export class CatalogStore {
     popularity:
       | ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }>
       | ((stored: (adId: string, segment: string) => PopularityRecord | undefined) => ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }>) = [],
+    stream?: number,
   ): Promise<{ seq: number; applied: number; unknown: number; popularity: ReadonlyArray<{ adId: string; segment: string; record: PopularityRecord }> }> {
     return this.env.transaction(() => {
       const m = this.m();
@@ -613,7 +701,7 @@ export class CatalogStore {
         touched.add(e.ad_id);
         applied++;
       }
-      this.logWrite(m, [], { ads: [...touched], vectors: false });
+      this.logWrite(m, [], { ads: [...touched], vectors: false }, stream);
       return { seq: m.seq, applied, unknown, popularity: records };
     });
   }
@@ -638,7 +726,7 @@ export class CatalogStore {
    * With `replace`, ads not staged are deleted, so the store holds exactly the staged rows.
    * `ann` (first ingest or replace only) sets the ANN settings.
    */
-  commitStaging(options: { replace: boolean; ann?: Partial<AnnSettings> }): WriteResult {
+  commitStaging(options: { replace: boolean; ann?: Partial<AnnSettings>; stream?: number }): WriteResult {
     return this.env.transactionSync(() => {
       const m = this.m();
       const wasEmpty = this.adsDb.getCount() === 0;
@@ -664,7 +752,8 @@ export class CatalogStore {
       if (options.ann && (options.replace || wasEmpty)) {
         m.ann = { ...m.ann, ...options.ann };
       }
-      this.logWrite(m, changes, { ads: [], vectors: true, all: true });
+      m.stream_staging = null;
+      this.logWrite(m, changes, { ads: [], vectors: true, all: true }, options.stream);
       this.stagingDb.clearSync();
       return result;
     });

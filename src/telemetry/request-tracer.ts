@@ -190,6 +190,25 @@ export class RequestTrace {
     };
   }
 
+  /**
+   * A CLIENT child span for a call to another service (the root's call to a shard): its W3C
+   * `traceparent`, to send with the call so the callee's span hangs under it, and `end`.
+   */
+  clientSpan(name: string): { traceparent: string; end(attributes: Record<string, AttributeValue>, error?: string): void } {
+    const spanId = randomId(8);
+    const start = performance.now();
+    return {
+      traceparent: `00-${this.traceId}-${spanId}-01`,
+      end: (attributes, error) => {
+        const attrs: FlatAttributes = [];
+        flatten(attributes, attrs);
+        this.sink.emit([
+          [this.traceId, spanId, this.spanId, 1, 0, this.traceState, name, SpanKind.CLIENT, start, performance.now(), error ? SpanStatusCode.ERROR : SpanStatusCode.UNSET, error ?? '', attrs],
+        ]);
+      },
+    };
+  }
+
   /** Ends the SERVER span with the call's gRPC status (an error only for server-side codes) and hands it to the sink. */
   end(code: number, codeName: string, details?: string): void {
     if (this.ended) return;

@@ -1,0 +1,565 @@
+/**
+ * A replica of one shard (`funnel serve --nats URL --shard I/N`, CONTRACT section 6).
+ *
+ * Writes are not applied where they arrive: an Admin call is validated, published to the
+ * shard's subject of the JetStream stream, and answered once the stream has it AND this replica
+ * has applied it (read-your-writes here; elsewhere through `min_seq`). Every replica of the
+ * shard applies the subject in stream order, exactly once: the stream sequence number of each
+ * message is stored in the same LMDB transaction as its change, and consumption resumes after
+ * it on a restart. A malformed message is parked (logged, counted, kept in the store with the
+ * reason) and skipped, never applied in part, never stopping the replica.
+ *
+ * Start-up: the replica applies what the stream holds for its shard straight into the store
+ * (an empty directory is filled from the stream; no snapshot), and only then loads the serving
+ * state (building the ANN index in one multi-threaded pass) and serves. Later messages are
+ * applied to the serving state as they come.
+ *
+ * NATS down: Retrieve keeps serving what is applied; Admin answers UNAVAILABLE without
+ * publishing; the client reconnects forever and consumption resumes where it stopped.
+ */
+import { connect } from '@nats-io/transport-node';
+import {
+  DeliverPolicy,
+  jetstream,
+  jetstreamManager,
+  JetStreamApiError,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+  type MsgRequest,
+} from '@nats-io/jetstream';
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { ClusterConfig, Config } from '../config/schema';
+import { CatalogStore, DataDirError } from '../store/catalog-store';
+import type { ServingState } from '../serving/state';
+import { PopularityState, type ResolvedEvent } from '../serving/popularity';
+import { BadMessage, decodeMessage, encodeMessage, type StreamMessage } from './messages';
+import { shardSubject, type ShardSpec } from './shard';
+
+/** A NATS connection. */
+export type NatsConnection = Awaited<ReturnType<typeof connect>>;
+
+/** What applying one message did (what the Admin call that published it answers). */
+export interface ApplyResult {
+  kind: StreamMessage['kind'] | 'parked';
+  count: number;
+  inserted?: number;
+  updated?: number;
+  unknown: string[];
+  /** Set when the message was parked: why. */
+  parked?: string;
+}
+
+/** Where the replica stands, for metrics and health. */
+export interface ReplicaStatus {
+  appliedSeq: number;
+  lagMessages: number;
+  lagSeconds: number;
+  connected: boolean;
+  bootstrapping: boolean;
+}
+
+/** An Admin write that could not be published or applied in time. */
+export class ReplicationError extends Error {
+  constructor(
+    readonly code: 'unavailable' | 'too_large' | 'parked',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Listener for applied and parked messages (metrics). */
+export interface ReplicaObserver {
+  applied?(kind: string): void;
+  parked?(reason: string): void;
+}
+
+/** Connects to NATS (retrying forever) and makes sure the stream exists. */
+export async function connectStream(url: string, cluster: ClusterConfig, name: string, log: Logger): Promise<{ nc: NatsConnection; js: JetStreamClient; jsm: JetStreamManager }> {
+  const nc = await connect({
+    servers: url.split(','),
+    name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    waitOnFirstConnect: true,
+    pingInterval: 5_000,
+    maxPingOut: 2,
+  });
+  const jsm = await jetstreamManager(nc);
+  await ensureStream(jsm, cluster, log);
+  return { nc, js: jetstream(nc), jsm };
+}
+
+/** Creates the stream when it is missing (subjects `<prefix>.>`, file storage, R from the config). */
+export async function ensureStream(jsm: JetStreamManager, cluster: ClusterConfig, log: Logger): Promise<void> {
+  try {
+    await jsm.streams.info(cluster.stream);
+    return;
+  } catch (err) {
+    if (!(err instanceof JetStreamApiError) || !/not found/i.test(err.message)) throw err;
+  }
+  try {
+    await jsm.streams.add({
+      name: cluster.stream,
+      subjects: [`${cluster.subject_prefix}.>`],
+      num_replicas: cluster.stream_replicas,
+      // Every write is kept: a new replica fills itself from the stream.
+      max_msgs: -1,
+      max_bytes: -1,
+      max_age: 0,
+      duplicate_window: 120_000_000_000,
+    } as Parameters<JetStreamManager['streams']['add']>[0]);
+    log.info({ stream: cluster.stream, subjects: `${cluster.subject_prefix}.>`, replicas: cluster.stream_replicas }, 'created the write stream');
+  } catch (err) {
+    // Another replica created it first.
+    if (!/already in use|exists/i.test((err as Error).message)) throw err;
+  }
+}
+
+/** A stream message in flight: its sequence number, publish time and payload. */
+interface Incoming {
+  seq: number;
+  timestampMs: number;
+  pending: number;
+  data: Uint8Array;
+  subject: string;
+}
+
+const RESULT_KEEP = 4096;
+
+export class Replica {
+  readonly subject: string;
+  private nc: NatsConnection | null = null;
+  private js: JetStreamClient | null = null;
+  private jsm: JetStreamManager | null = null;
+  private store: CatalogStore | null = null;
+  private state: ServingState | null = null;
+  private applied_ = 0;
+  /** Highest sequence number known to hold nothing more of this shard (checked with the stream). */
+  private covered = 0;
+  private lagMessages = 0;
+  private oldestUnappliedMs = 0;
+  private connected_ = false;
+  private bootstrapping = true;
+  private closed = false;
+  private messages: ConsumerMessages | null = null;
+  private loop: Promise<void> | null = null;
+  private readonly results = new Map<number, ApplyResult>();
+  private readonly waiters = new Map<number, Array<() => void>>();
+  private readonly origin = randomUUID();
+  private nextMsgId = 0;
+  private popularityPlanner: PopularityState | null = null;
+
+  constructor(
+    private readonly url: string,
+    readonly shard: ShardSpec,
+    private config: Config,
+    private readonly log: Logger,
+    private readonly observer: ReplicaObserver = {},
+  ) {
+    this.subject = shardSubject(config.cluster.subject_prefix, shard);
+  }
+
+  /** Takes a reloaded config (lag limits, timeouts). */
+  configure(config: Config): void {
+    this.config = config;
+  }
+
+  /** The last stream sequence number applied here. */
+  get appliedSeq(): number {
+    return this.applied_;
+  }
+
+  status(): ReplicaStatus {
+    const lagSeconds = this.lagMessages > 0 && this.oldestUnappliedMs > 0 ? Math.max(0, (Date.now() - this.oldestUnappliedMs) / 1000) : 0;
+    return { appliedSeq: this.applied_, lagMessages: this.lagMessages, lagSeconds, connected: this.connected_, bootstrapping: this.bootstrapping };
+  }
+
+  /** True when the replica is too far behind the stream to serve (config cluster.max_lag_*). */
+  tooFarBehind(): boolean {
+    const s = this.status();
+    const c = this.config.cluster;
+    if (s.bootstrapping) return true;
+    if (c.max_lag_messages > 0 && s.lagMessages > c.max_lag_messages) return true;
+    if (c.max_lag_seconds > 0 && s.lagSeconds > c.max_lag_seconds) return true;
+    return false;
+  }
+
+  /**
+   * Connects, then applies what the stream holds for this shard into the data directory
+   * (created when missing), before anything serves it. Resolves once caught up with the
+   * stream as it stood when this started; with a directory that already holds data, gives up
+   * waiting for NATS after `connectWaitMs` (and serves what it has; consumption goes on later).
+   */
+  async bootstrap(dataDir: string, connectWaitMs = 10_000): Promise<{ applied: number; seconds: number; from: number; to: number }> {
+    const started = Date.now();
+    const store = CatalogStore.open(dataDir, { create: true });
+    this.store = store;
+    this.applied_ = store.streamSeq;
+    this.covered = this.applied_;
+    const from = this.applied_;
+    const hasData = store.seq > 0;
+    const connecting = this.connect();
+    const connectedInTime = hasData
+      ? await Promise.race([connecting.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), connectWaitMs).unref())])
+      : await connecting.then(() => true);
+    if (!connectedInTime) {
+      this.log.warn({ url: this.url, waited_ms: connectWaitMs }, 'NATS is not reachable: serving the data held here; writes resume once it is');
+      connecting.catch((err: Error) => this.log.error({ err: err.message }, 'connecting to NATS failed'));
+      store.freshen();
+      await store.close();
+      this.store = null;
+      this.bootstrapping = false;
+      return { applied: 0, seconds: (Date.now() - started) / 1000, from, to: this.applied_ };
+    }
+    const last = await this.lastOfShard();
+    this.log.info({ subject: this.subject, applied: this.applied_, stream_last: last }, 'replica catching up from the stream before serving');
+    let applied = 0;
+    if (last > this.applied_) {
+      await new Promise<void>((resolve, reject) => {
+        this.startConsuming((n) => {
+          applied = n;
+          if (this.applied_ >= last) resolve();
+        }).catch(reject);
+        if (this.applied_ >= last) resolve();
+      });
+      await this.stopConsuming();
+    }
+    await store.flushed();
+    await store.close();
+    this.store = null;
+    const seconds = (Date.now() - started) / 1000;
+    this.log.info({ applied, seconds, stream_seq: this.applied_ }, 'replica caught up with the stream');
+    return { applied, seconds, from, to: this.applied_ };
+  }
+
+  /** Serves `state` from now on: later messages are applied to it as they come. */
+  async serve(state: ServingState): Promise<void> {
+    this.state = state;
+    this.bootstrapping = false;
+    // The state read the store after bootstrap: nothing in between was applied elsewhere.
+    if (this.js) void this.startConsuming();
+    else
+      void this.whenConnected().then(() => {
+        if (!this.closed) void this.startConsuming();
+      });
+  }
+
+  private connecting: Promise<void> | null = null;
+  private connect(): Promise<void> {
+    this.connecting ??= (async () => {
+      const { nc, js, jsm } = await connectStream(this.url, this.config.cluster, `funnel-replica-${this.shard.index}of${this.shard.count}`, this.log);
+      if (this.closed) {
+        await nc.close();
+        return;
+      }
+      this.nc = nc;
+      this.js = js;
+      this.jsm = jsm;
+      this.connected_ = true;
+      void (async () => {
+        for await (const s of nc.status()) {
+          if (s.type === 'disconnect') {
+            if (this.connected_) this.log.warn({ server: (s as { server?: string }).server }, 'NATS disconnected: Admin writes are refused until it is back; Retrieve keeps serving');
+            this.connected_ = false;
+          } else if (s.type === 'reconnect') {
+            this.connected_ = true;
+            this.log.info({}, 'NATS reconnected');
+          }
+        }
+      })();
+    })();
+    return this.connecting;
+  }
+
+  private whenConnected(): Promise<void> {
+    return this.connect();
+  }
+
+  /** The stream sequence number of the last message on this shard's subject (0: none). */
+  private async lastOfShard(): Promise<number> {
+    const m = await this.jsm!.streams.getMessage(this.config.cluster.stream, { last_by_subj: this.subject });
+    return m ? m.seq : 0;
+  }
+
+  /** Consumes the subject from after the applied sequence number, until stopped; restarts the consumer on errors. */
+  private startConsuming(progress?: (applied: number) => void): Promise<void> {
+    let applied = 0;
+    this.loop = (async () => {
+      while (!this.closed) {
+        try {
+          const consumer = await this.js!.consumers.get(this.config.cluster.stream, {
+            filter_subjects: this.subject,
+            deliver_policy: DeliverPolicy.StartSequence,
+            opt_start_seq: this.applied_ + 1,
+          });
+          const messages = await consumer.consume({ max_messages: 256 });
+          this.messages = messages;
+          for await (const m of messages) {
+            await this.onMessage(toIncoming(m));
+            applied++;
+            progress?.(applied);
+          }
+          if (this.messages === null) return;
+        } catch (err) {
+          if (this.closed || this.messages === null) return;
+          this.log.warn({ err: (err as Error).message }, 'the stream consumer stopped; starting it again');
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+    })();
+    return this.loop;
+  }
+
+  private async stopConsuming(): Promise<void> {
+    const m = this.messages;
+    this.messages = null;
+    m?.stop();
+    await this.loop?.catch(() => undefined);
+    this.loop = null;
+  }
+
+  private async onMessage(msg: Incoming): Promise<void> {
+    if (msg.seq <= this.applied_) return; // exactly once: already applied (or parked) here
+    this.lagMessages = msg.pending;
+    this.oldestUnappliedMs = msg.pending > 0 ? msg.timestampMs : 0;
+    let result: ApplyResult;
+    try {
+      const decoded = decodeMessage(msg.data, this.dim());
+      result = await this.apply(decoded, msg.seq);
+      this.observer.applied?.(decoded.kind);
+    } catch (err) {
+      if (!(err instanceof BadMessage) && !(err instanceof DataDirError)) {
+        // Not the message's fault (the disk, LMDB): nothing was applied; stop, and let the supervisor restart us.
+        this.log.fatal({ err: (err as Error).message, stream_seq: msg.seq }, 'applying a stream message failed; exiting to resume from the last applied one');
+        process.exit(1);
+      }
+      const reason = err instanceof BadMessage ? err.reason : 'rejected';
+      const detail = (err as Error).message;
+      this.log.error({ stream_seq: msg.seq, subject: msg.subject, reason, detail }, 'malformed stream message parked (not applied)');
+      await this.markStream(msg.seq, {
+        reason,
+        detail,
+        subject: msg.subject,
+        time_ms: msg.timestampMs,
+        data: Buffer.from(msg.data).toString('base64'),
+      });
+      this.observer.parked?.(reason);
+      result = { kind: 'parked', count: 0, unknown: [], parked: `${reason}: ${detail}` };
+    }
+    this.applied_ = msg.seq;
+    if (this.covered < msg.seq) this.covered = msg.seq;
+    if (msg.pending === 0) {
+      this.lagMessages = 0;
+      this.oldestUnappliedMs = 0;
+    }
+    this.results.set(msg.seq, result);
+    if (this.results.size > RESULT_KEEP) this.results.delete(this.results.keys().next().value as number);
+    this.wake();
+  }
+
+  private wake(): void {
+    for (const [seq, list] of this.waiters) {
+      if (seq <= this.applied_ || seq <= this.covered) {
+        this.waiters.delete(seq);
+        for (const w of list) w();
+      }
+    }
+  }
+
+  private dim(): number | null {
+    if (this.state) return this.state.dim ?? null;
+    return this.store?.dim ?? null;
+  }
+
+  private markStream(seq: number, parked?: Parameters<CatalogStore['markStream']>[1]): Promise<void> {
+    if (this.state) {
+      const store = this.state.store;
+      return this.state.markStream(() => store.markStream(seq, parked));
+    }
+    return this.store!.markStream(seq, parked);
+  }
+
+  /** Applies one validated message, tagged with its stream sequence number, to the state or (before serving) the store. */
+  private async apply(m: StreamMessage, seq: number): Promise<ApplyResult> {
+    const st = this.state;
+    const store = st ? st.store : this.store!;
+    switch (m.kind) {
+      case 'upsert': {
+        const r = st ? await st.upsertAds(m.ads, seq) : await store.upsert(m.ads, seq);
+        return { kind: m.kind, count: r.inserted + r.updated, inserted: r.inserted, updated: r.updated, unknown: [] };
+      }
+      case 'status': {
+        if (st) {
+          const r = await st.setStatus(m.ad_ids, m.status, seq);
+          return { kind: m.kind, count: r.count, unknown: r.unknown };
+        }
+        const r = await store.setStatus(m.ad_ids, m.status, seq);
+        return { kind: m.kind, count: r.updated.length, unknown: r.unknown };
+      }
+      case 'delete': {
+        if (st) {
+          const r = await st.deleteAds(m.ad_ids, seq);
+          return { kind: m.kind, count: r.count, unknown: r.unknown };
+        }
+        const unknown = m.ad_ids.filter((id) => !store.getAd(id));
+        const r = await store.remove(m.ad_ids, seq);
+        return { kind: m.kind, count: r.removed, unknown };
+      }
+      case 'spend': {
+        if (st) {
+          const r = await st.reportSpend(m.entries, { nowMs: m.time_ms, stream: seq });
+          return { kind: m.kind, count: r.count, unknown: r.unknown };
+        }
+        const known = m.entries.filter((e) => store.getAd(e.ad_id));
+        const unknown = m.entries.filter((e) => !store.getAd(e.ad_id)).map((e) => e.ad_id);
+        const r = await store.reportSpend(known, m.time_ms, seq);
+        return { kind: m.kind, count: r.applied, unknown };
+      }
+      case 'events': {
+        if (st) {
+          const r = await st.recordEvents(m.events, seq);
+          return { kind: m.kind, count: r.count, unknown: r.unknown };
+        }
+        // Before serving: the same popularity plan the serving state makes, from the stored sums.
+        this.popularityPlanner ??= new PopularityState(this.config.popularity);
+        const planner = this.popularityPlanner;
+        const resolved: ResolvedEvent[] = [];
+        const known = [];
+        const unknown: string[] = [];
+        for (const e of m.events) {
+          const rec = store.getAd(e.ad_id);
+          if (!rec) {
+            unknown.push(e.ad_id);
+            continue;
+          }
+          known.push(e);
+          resolved.push({ id: rec.id, adId: e.ad_id, click: e.type === 'CLICK', timestampMs: e.timestamp_ms, segments: planner.segmentsOf(e.attributes) });
+        }
+        const r = await store.recordEvents(known, (stored) => planner.plan(resolved, stored).map((u) => ({ adId: u.adId, segment: u.segment, record: u.record })), seq);
+        return { kind: m.kind, count: r.applied, unknown };
+      }
+      case 'ingest_begin':
+        await this.markStreamWith(() => store.beginStreamIngest({ ingest: m.ingest, rows: m.rows, replace: m.replace, ann: m.ann }, seq));
+        return { kind: m.kind, count: 0, unknown: [] };
+      case 'ingest_chunk': {
+        const d = this.dim();
+        const staging = store.streamStaging;
+        // The file's dimension: the catalog's, unless the ingest replaces the catalog.
+        const want = staging && !staging.replace ? (d ?? undefined) : undefined;
+        if (want !== undefined) {
+          const bad = m.ads.findIndex((r) => r.embedding.length !== want);
+          if (bad >= 0) throw new BadMessage('dimension', `ads[${bad}].embedding: has ${m.ads[bad].embedding.length} values, the catalog's dimension is ${want}`);
+        }
+        await this.markStreamWith(() => store.stageStreamChunk(m.ingest, m.chunk, m.ads, seq));
+        return { kind: m.kind, count: m.ads.length, unknown: [] };
+      }
+      case 'ingest_commit': {
+        const staging = store.streamStaging;
+        if (!staging || staging.ingest !== m.ingest) throw new BadMessage('sequence', `commit of ingest ${m.ingest}, which is not the one staged (${staging ? staging.ingest : 'none'})`);
+        if (staging.next_chunk !== m.chunks || staging.next_row !== m.rows) {
+          throw new BadMessage('sequence', `commit of ingest ${m.ingest} after ${staging.next_chunk}/${m.chunks} chunks and ${staging.next_row}/${m.rows} rows`);
+        }
+        if (st) {
+          const r = await st.commitStreamIngest({ replace: staging.replace, ann: staging.ann }, seq);
+          return { kind: m.kind, count: r.inserted + r.updated, inserted: r.inserted, updated: r.updated, unknown: [] };
+        }
+        const r = store.commitStaging({ replace: staging.replace, ann: staging.ann, stream: seq });
+        await store.flushed();
+        return { kind: m.kind, count: r.inserted + r.updated, inserted: r.inserted, updated: r.updated, unknown: [] };
+      }
+    }
+  }
+
+  private markStreamWith(run: () => Promise<void>): Promise<void> {
+    return this.state ? this.state.markStream(run) : run();
+  }
+
+  /**
+   * Publishes a validated write to this shard's subject and resolves, once this replica has
+   * applied it, to its stream sequence number and what it did. Throws ReplicationError
+   * (unavailable) when NATS is not connected or the stream does not acknowledge in time.
+   */
+  async publish(m: StreamMessage): Promise<{ seq: number; result: ApplyResult }> {
+    if (!this.js || !this.connected_) throw new ReplicationError('unavailable', 'the write stream (NATS) is not reachable from this replica; nothing was written');
+    const data = encodeMessage(m);
+    const max = this.nc!.info?.max_payload ?? 1 << 20;
+    if (data.length > max) throw new ReplicationError('too_large', `the write encodes to ${data.length} bytes, more than the stream's message limit of ${max}; send smaller batches`);
+    const c = this.config.cluster;
+    let seq: number;
+    try {
+      const ack = await this.js.publish(this.subject, data, { msgID: `${this.origin}-${this.nextMsgId++}`, timeout: c.publish_timeout_ms });
+      seq = ack.seq;
+    } catch (err) {
+      throw new ReplicationError('unavailable', `the write stream did not take the write: ${(err as Error).message}`);
+    }
+    const applied = await this.waitApplied(seq, Date.now() + c.apply_timeout_ms);
+    if (!applied) throw new ReplicationError('unavailable', `the write is in the stream at ${seq} but was not applied here within ${c.apply_timeout_ms} ms; it will be`);
+    const result = this.results.get(seq);
+    if (!result) return { seq, result: { kind: m.kind, count: 0, unknown: [] } };
+    if (result.parked) throw new ReplicationError('parked', `the write was refused when applied: ${result.parked}`);
+    return { seq, result };
+  }
+
+  private waitApplied(seq: number, untilMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (this.applied_ >= seq) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      let done = false;
+      const finish = (v: boolean) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        resolve(v);
+      };
+      const onAbort = () => finish(false);
+      const timer = setTimeout(() => finish(this.applied_ >= seq || this.covered >= seq), Math.max(0, untilMs - Date.now()));
+      signal?.addEventListener('abort', onAbort);
+      let list = this.waiters.get(seq);
+      if (!list) this.waiters.set(seq, (list = []));
+      list.push(() => finish(true));
+    });
+  }
+
+  /**
+   * The consistency token: resolves true once every write of this shard up to stream sequence
+   * number `seq` is applied here, false if `untilMs` passes or `signal` aborts first. The token
+   * may name another shard's write: the stream says whether this shard has one at or below it.
+   */
+  async waitFor(seq: number, untilMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (this.applied_ >= seq || this.covered >= seq) return true;
+    if (this.jsm && this.connected_) {
+      try {
+        const next = await this.jsm.streams.getMessage(this.config.cluster.stream, { seq: this.applied_ + 1, next_by_subj: this.subject } as unknown as MsgRequest);
+        if (!next || next.seq > seq) {
+          // Nothing of this shard in (applied, seq]: the token is covered.
+          if (this.covered < seq) this.covered = seq;
+          this.wake();
+          return true;
+        }
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'asking the stream about a consistency token failed; waiting for the consumer');
+      }
+    }
+    return this.waitApplied(seq, untilMs, signal);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.stopConsuming();
+    for (const list of this.waiters.values()) for (const w of list) w();
+    this.waiters.clear();
+    const nc = this.nc;
+    this.nc = null;
+    this.js = null;
+    this.jsm = null;
+    await nc?.drain().catch(() => undefined);
+  }
+}
+
+function toIncoming(m: JsMsg): Incoming {
+  return { seq: m.seq, timestampMs: m.info.timestampNanos / 1e6, pending: m.info.pending, data: m.data, subject: m.subject };
+}

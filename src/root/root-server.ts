@@ -1,0 +1,529 @@
+/**
+ * `funnel root` (CONTRACT section 6): serves funnel.v1.Retrieval and funnel.v1.Admin in front
+ * of the shards, plus health and reflection. It holds no data.
+ *
+ * Retrieve: the request goes to one replica of every shard at once (hedged and retried as
+ * shards.ts says), within the caller's deadline, each asked for
+ * ceil(num_results x root.overfetch) candidates (at most limits.max_num_results). The answers
+ * are merged by score, the pipeline's Diversifier caps (max_per_advertiser, max_per_category)
+ * are applied across shards, and the best num_results returned. A shard that did not answer
+ * is named `shard-I` in degraded_stages (and the answer is degraded); the shards' own degraded
+ * stages are carried over. MMR runs on each shard (the root has no embeddings).
+ *
+ * Explain: each shard explains the asked ads it owns (the others run the request as a
+ * Retrieve); the root merges as Retrieve does, and an ad a shard returned but the merge cut
+ * is `dropped` at stage `Root` (`below_cutoff`, `advertiser_cap`, `category_cap`).
+ *
+ * Admin: each ad goes to its shard (fnv1a32(ad_id) mod N); a call touching several shards is
+ * split, sent to every shard at once, and answered with the summed counts and the largest
+ * `seq` (the consistency token covering all of them). A shard that fails fails the call
+ * (UNAVAILABLE names the shards that did apply their part: writes are per shard, not atomic
+ * across shards). The caller's authorization metadata is passed on; the shards check it.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import { ReflectionService } from '@grpc/reflection';
+import type { Logger } from 'pino';
+import type { Config } from '../config/schema';
+import { packageDefinition, reflectedDefinition } from '../grpc/proto';
+import { RpcError } from '../grpc/validate';
+import { tokenMatches } from '../grpc/server';
+import type { Metrics } from '../telemetry/metrics';
+import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
+import { extractContext } from '../telemetry/tracing';
+import { shardOf } from '../cluster/shard';
+import { ReplicaLink, ShardGroup, type ShardOutcome } from './shards';
+
+const HEALTH_SERVICES = ['', 'funnel.v1.Retrieval', 'funnel.v1.Admin'];
+
+export interface RootOptions {
+  host: string;
+  port: number;
+  shards: string[][];
+  drainTimeoutMs: number;
+  /** Checked here too when given (the shards check it again): Admin and Explain need it. */
+  adminToken?: string;
+}
+
+interface CandidateMsg {
+  ad_id: string;
+  advertiser_id?: string;
+  campaign_id?: string;
+  category?: string;
+  score?: number;
+  sources?: string[];
+}
+interface StageStatsMsg {
+  name: string;
+  candidates_in?: number;
+  candidates_out?: number;
+  latency_ms?: number;
+  status?: string;
+  detail?: string;
+  dropped?: Record<string, number>;
+}
+interface RetrieveResponseMsg {
+  candidates?: CandidateMsg[];
+  degraded?: boolean;
+  degraded_stages?: string[];
+  stages?: StageStatsMsg[];
+  request_id?: string;
+  pipeline?: string;
+  data_seq?: string | number;
+}
+interface RetrieveRequestMsg {
+  request_id?: string;
+  num_results?: number;
+  pipeline?: string;
+  debug?: boolean;
+  [k: string]: unknown;
+}
+interface AdExplanationMsg {
+  ad_id: string;
+  outcome?: string;
+  stage?: string;
+  reason?: string;
+  detail?: string;
+  position?: number;
+  score?: number;
+}
+
+type Unary = grpc.handleUnaryCall<unknown, unknown>;
+
+/** The merged answer of the shards. */
+interface Merged {
+  response: RetrieveResponseMsg;
+  /** ad_id -> why the merge cut it (ads a shard returned). */
+  cut: Map<string, { reason: 'below_cutoff' | 'advertiser_cap' | 'category_cap'; detail: string }>;
+}
+
+export class RootServer {
+  private readonly server: grpc.Server;
+  private readonly health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
+  readonly groups: ShardGroup[];
+  private healthTimer: NodeJS.Timeout | undefined;
+  private draining = false;
+  private calls = 0;
+  private config_: Config;
+
+  constructor(
+    config: Config,
+    private readonly options: RootOptions,
+    private readonly log: Logger,
+    private readonly telemetry: { metrics?: Metrics; tracer?: RequestTracer | null } = {},
+  ) {
+    this.config_ = config;
+    this.groups = options.shards.map((replicas, i) => new ShardGroup(i, replicas.map((a) => new ReplicaLink(a))));
+    this.server = new grpc.Server({
+      'grpc.max_receive_message_length': config.limits.max_message_bytes,
+      'grpc.max_send_message_length': Math.max(config.limits.max_message_bytes, 16 << 20),
+      'grpc.max_connection_age_ms': 300_000,
+      'grpc.max_connection_age_grace_ms': 30_000,
+    });
+    const def = packageDefinition();
+    this.server.addService(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition, {
+      Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)),
+      Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call, t) => this.explain(call, t)),
+    });
+    this.server.addService(def['funnel.v1.Admin'] as grpc.ServiceDefinition, {
+      UpsertAds: this.unary('funnel.v1.Admin', 'UpsertAds', (call) => this.route(call, 'UpsertAds', 'ads', (a: { ad_id?: string }) => a.ad_id, sumUpsert)),
+      SetAdStatus: this.unary('funnel.v1.Admin', 'SetAdStatus', (call) => this.route(call, 'SetAdStatus', 'ad_ids', (id: string) => id, sumCounted('updated'))),
+      DeleteAds: this.unary('funnel.v1.Admin', 'DeleteAds', (call) => this.route(call, 'DeleteAds', 'ad_ids', (id: string) => id, sumCounted('deleted'))),
+      GetAds: this.unary('funnel.v1.Admin', 'GetAds', (call) => this.route(call, 'GetAds', 'ad_ids', (id: string) => id, concatAds)),
+      ReportSpend: this.unary('funnel.v1.Admin', 'ReportSpend', (call) => this.route(call, 'ReportSpend', 'entries', (e: { ad_id?: string }) => e.ad_id, sumCounted('applied'))),
+      RecordEvents: this.unary('funnel.v1.Admin', 'RecordEvents', (call) => this.route(call, 'RecordEvents', 'events', (e: { ad_id?: string }) => e.ad_id, sumCounted('applied'))),
+    });
+    this.health.addToServer(this.server);
+    new ReflectionService(reflectedDefinition()).addToServer(this.server);
+  }
+
+  get config(): Config {
+    return this.config_;
+  }
+  set config(c: Config) {
+    this.config_ = c;
+  }
+
+  /** Live replicas per shard (metrics). */
+  liveReplicas(): number[] {
+    const now = Date.now();
+    return this.groups.map((g) => g.liveCount(now));
+  }
+
+  get inFlightCount(): number {
+    return this.calls;
+  }
+
+  async listen(): Promise<number> {
+    const port = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync(`${this.options.host}:${this.options.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    const check = () => Promise.all(this.groups.map((g) => g.checkHealth(800))).catch(() => undefined);
+    await check();
+    this.healthTimer = setInterval(() => void check(), 1000);
+    this.healthTimer.unref();
+    for (const s of HEALTH_SERVICES) this.health.setStatus(s, 'SERVING');
+    return port;
+  }
+
+  async drain(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    clearInterval(this.healthTimer);
+    for (const s of HEALTH_SERVICES) this.health.setStatus(s, 'NOT_SERVING');
+    const started = Date.now();
+    await new Promise<void>((resolve) => {
+      const poll = setInterval(() => {
+        if (this.calls === 0 || Date.now() - started >= this.options.drainTimeoutMs) {
+          clearInterval(poll);
+          this.server.forceShutdown();
+          resolve();
+        }
+      }, 10);
+      this.server.tryShutdown(() => {
+        clearInterval(poll);
+        resolve();
+      });
+    });
+    for (const g of this.groups) for (const r of g.replicas) r.close();
+  }
+
+  forceStop(): void {
+    clearInterval(this.healthTimer);
+    this.server.forceShutdown();
+    for (const g of this.groups) for (const r of g.replicas) r.close();
+  }
+
+  private unary(service: string, method: string, fn: (call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null) => Promise<unknown>): Unary {
+    return (call, callback) => {
+      const started = process.hrtime.bigint();
+      this.calls++;
+      const tracer = this.telemetry.tracer;
+      const t = tracer ? tracer.startRpc(service, method, extractContext(call.metadata), 0) : null;
+      const answer = (err: { code: grpc.status; details: string } | null, value?: unknown) => {
+        this.calls--;
+        const code = err ? err.code : grpc.status.OK;
+        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+        this.telemetry.metrics?.rpc(service, method, grpc.status[code], seconds);
+        t?.end(code, grpc.status[code], err?.details);
+        if (err) callback({ code: err.code, details: err.details, metadata: new grpc.Metadata() });
+        else callback(null, value);
+      };
+      if (this.draining) {
+        answer({ code: grpc.status.UNAVAILABLE, details: 'root is shutting down' });
+        return;
+      }
+      fn(call, t).then(
+        (v) => answer(null, v),
+        (err: unknown) => {
+          if (err instanceof RpcError) answer({ code: err.code, details: err.message });
+          else if (isServiceError(err)) answer({ code: err.code, details: err.details });
+          else {
+            this.log.error({ err: (err as Error).message, method }, 'root call failed');
+            answer({ code: grpc.status.INTERNAL, details: (err as Error).message });
+          }
+        },
+      );
+    };
+  }
+
+  /** Admin and Explain: the bearer token, when the root was given one. */
+  private authorize(call: grpc.ServerUnaryCall<unknown, unknown>): void {
+    const token = this.options.adminToken;
+    if (token === undefined) return;
+    const header = call.metadata.get('authorization')[0];
+    const value = typeof header === 'string' ? header : header?.toString('utf8');
+    const m = value ? /^Bearer\s+(.+)$/i.exec(value.trim()) : null;
+    if (!m) throw new RpcError(grpc.status.UNAUTHENTICATED, 'Admin calls need "authorization: Bearer <token>" metadata');
+    if (!tokenMatches(m[1], token)) throw new RpcError(grpc.status.UNAUTHENTICATED, 'the bearer token does not match');
+  }
+
+  private deadlineOf(call: grpc.ServerUnaryCall<unknown, unknown>): number {
+    const d = call.getDeadline();
+    const ms = d instanceof Date ? d.getTime() : d;
+    // No deadline from the caller: the shards get the config's default request budget.
+    return Number.isFinite(ms) ? ms : Date.now() + this.config_.limits.default_deadline_ms;
+  }
+
+  /** Metadata passed to a shard: the caller's authorization, and the trace context. */
+  private forwardMetadata(call: grpc.ServerUnaryCall<unknown, unknown>, traceparent?: string): grpc.Metadata {
+    const md = new grpc.Metadata();
+    const auth = call.metadata.get('authorization')[0];
+    if (auth !== undefined) md.set('authorization', auth);
+    if (traceparent) md.set('traceparent', traceparent);
+    else {
+      const tp = call.metadata.get('traceparent')[0];
+      if (tp !== undefined) md.set('traceparent', tp);
+    }
+    return md;
+  }
+
+  /** The request each shard gets: more candidates than asked, so that global caps still fill N. */
+  private shardRequest(req: RetrieveRequestMsg): { n: number; forShard: RetrieveRequestMsg } {
+    const limits = this.config_.limits;
+    const asked = req.num_results ?? 0;
+    if (asked > limits.max_num_results) throw new RpcError(grpc.status.INVALID_ARGUMENT, `num_results: ${asked} is more than the limit of ${limits.max_num_results}`);
+    const n = asked === 0 ? limits.default_num_results : asked;
+    const fetch = Math.min(limits.max_num_results, Math.ceil(n * this.config_.root.overfetch));
+    return { n, forShard: { ...req, num_results: fetch } };
+  }
+
+  /** Calls every shard (Retrieve, or Explain for shards with asked ads); one span per shard. */
+  private async fanOut(
+    call: grpc.ServerUnaryCall<unknown, unknown>,
+    t: RequestTrace | null,
+    perShard: (g: ShardGroup) => { method: 'Retrieve' | 'Explain'; req: unknown },
+  ): Promise<ShardOutcome<unknown>[]> {
+    const deadline = this.deadlineOf(call);
+    const metrics = this.telemetry.metrics;
+    return Promise.all(
+      this.groups.map(async (g) => {
+        const span = t?.clientSpan(`funnel.shard shard-${g.index}`);
+        const { method, req } = perShard(g);
+        const o = await g.call<unknown>('retrieval', method, req, this.forwardMetadata(call, span?.traceparent), deadline, this.config_.root);
+        metrics?.shardCall(g.index, o.error ? grpc.status[o.error.code] : 'OK');
+        if (!o.error) metrics?.shardAnswered(g.index, o.ms / 1000);
+        if (o.hedged) metrics?.hedged(g.index, o.error ? 'none' : (o.hedgeWon ?? 'none'));
+        span?.end(
+          { 'funnel.shard': g.index, 'funnel.shard.replica': o.replica ?? '', 'funnel.shard.attempts': o.attempts, 'funnel.shard.hedged': o.hedged, 'rpc.method': method },
+          o.error ? `${grpc.status[o.error.code]}: ${o.error.details}` : undefined,
+        );
+        return o;
+      }),
+    );
+  }
+
+  /** A client error from a shard (the request's fault) is the root's answer too. */
+  private requestError(outcomes: ShardOutcome<unknown>[]): void {
+    for (const o of outcomes) {
+      if (o.error && (o.error.code === grpc.status.INVALID_ARGUMENT || o.error.code === grpc.status.UNAUTHENTICATED || o.error.code === grpc.status.PERMISSION_DENIED)) {
+        throw new RpcError(o.error.code, o.error.details);
+      }
+    }
+  }
+
+  private merge(req: RetrieveRequestMsg, n: number, responses: Array<{ shard: number; response?: RetrieveResponseMsg; outcome: ShardOutcome<unknown> }>): Merged {
+    const started = performance.now();
+    const pipelineName = responses.find((r) => r.response?.pipeline)?.response?.pipeline || req.pipeline || this.config_.default_pipeline;
+    const pipeline = this.config_.pipelines[pipelineName] ?? this.config_.pipelines[this.config_.default_pipeline];
+    const div = pipeline.stages.Diversifier;
+    const all: CandidateMsg[] = [];
+    const degraded = new Set<string>();
+    const stages: StageStatsMsg[] = [];
+    let dataSeq: number | null = null;
+    for (const r of responses) {
+      const o = r.outcome;
+      if (!r.response) {
+        degraded.add(`shard-${r.shard}`);
+        this.telemetry.metrics?.shardDegraded(r.shard);
+        if (req.debug) stages.push({ name: `shard-${r.shard}`, candidates_in: 0, candidates_out: 0, latency_ms: o.ms, status: o.error?.code === grpc.status.DEADLINE_EXCEEDED ? 'timeout' : 'error', detail: o.error ? `${grpc.status[o.error.code]}: ${o.error.details}` : 'no answer' });
+        continue;
+      }
+      const resp = r.response;
+      for (const c of resp.candidates ?? []) all.push(c);
+      for (const s of resp.degraded_stages ?? []) degraded.add(s);
+      const seq = Number(resp.data_seq ?? 0);
+      dataSeq = dataSeq === null ? seq : Math.min(dataSeq, seq);
+      if (req.debug) {
+        stages.push({
+          name: `shard-${r.shard}`,
+          candidates_in: 0,
+          candidates_out: resp.candidates?.length ?? 0,
+          latency_ms: o.ms,
+          status: 'ok',
+          detail: `replica=${o.replica} attempts=${o.attempts}${o.hedged ? ` hedged=${o.hedgeWon}` : ''} data_seq=${seq}`,
+        });
+        for (const s of resp.stages ?? []) stages.push({ ...s, name: `shard-${r.shard}/${s.name}` });
+      }
+    }
+    all.sort((a, b) => (b.score ?? 0) - (a.score ?? 0) || (a.ad_id < b.ad_id ? -1 : a.ad_id > b.ad_id ? 1 : 0));
+    const perAdvertiser = new Map<string, number>();
+    const perCategory = new Map<string, number>();
+    const out: CandidateMsg[] = [];
+    const cut = new Map<string, { reason: 'below_cutoff' | 'advertiser_cap' | 'category_cap'; detail: string }>();
+    const seen = new Set<string>();
+    let lastKept: number | undefined;
+    for (const c of all) {
+      if (seen.has(c.ad_id)) continue;
+      seen.add(c.ad_id);
+      const adv = c.advertiser_id ?? '';
+      const cat = c.category ?? '';
+      if (out.length >= n) {
+        cut.set(c.ad_id, { reason: 'below_cutoff', detail: `score ${fmt(c.score)} below the last of the ${n} kept across shards (${fmt(lastKept)})` });
+        continue;
+      }
+      if ((perAdvertiser.get(adv) ?? 0) >= div.max_per_advertiser) {
+        cut.set(c.ad_id, { reason: 'advertiser_cap', detail: `advertiser ${adv} already has ${div.max_per_advertiser} better-scored ads across shards (max_per_advertiser)` });
+        continue;
+      }
+      if ((perCategory.get(cat) ?? 0) >= div.max_per_category) {
+        cut.set(c.ad_id, { reason: 'category_cap', detail: `category ${cat} already has ${div.max_per_category} better-scored ads across shards (max_per_category)` });
+        continue;
+      }
+      perAdvertiser.set(adv, (perAdvertiser.get(adv) ?? 0) + 1);
+      perCategory.set(cat, (perCategory.get(cat) ?? 0) + 1);
+      out.push(c);
+      lastKept = c.score;
+    }
+    if (req.debug) stages.push({ name: 'RootMerge', candidates_in: all.length, candidates_out: out.length, latency_ms: performance.now() - started, status: 'ok', detail: `shards=${responses.length} answered=${responses.filter((r) => r.response).length}` });
+    return {
+      response: {
+        candidates: out,
+        degraded: degraded.size > 0,
+        degraded_stages: [...degraded],
+        stages,
+        request_id: req.request_id ?? '',
+        pipeline: pipelineName,
+        data_seq: String(dataSeq ?? 0),
+      },
+      cut,
+    };
+  }
+
+  private async retrieve(call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null): Promise<unknown> {
+    const req = (call.request ?? {}) as RetrieveRequestMsg;
+    const { n, forShard } = this.shardRequest(req);
+    const outcomes = await this.fanOut(call, t, () => ({ method: 'Retrieve', req: forShard }));
+    this.requestError(outcomes);
+    const merged = this.merge(
+      req,
+      n,
+      outcomes.map((o) => ({ shard: o.shard, response: o.value as RetrieveResponseMsg | undefined, outcome: o })),
+    );
+    if (t) t.setAttributes({ 'funnel.degraded': merged.response.degraded ?? false, 'funnel.degraded_stages': merged.response.degraded_stages ?? [] });
+    return merged.response;
+  }
+
+  private async explain(call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null): Promise<unknown> {
+    this.authorize(call);
+    const ereq = (call.request ?? {}) as { request?: RetrieveRequestMsg; ad_ids?: string[] };
+    const adIds = ereq.ad_ids ?? [];
+    if (adIds.length === 0) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'ad_ids: must name at least one ad');
+    const req = ereq.request ?? {};
+    const { n, forShard } = this.shardRequest(req);
+    const count = this.groups.length;
+    const owned = this.groups.map(() => [] as string[]);
+    for (const id of adIds) owned[shardOf(id, count)].push(id);
+    const outcomes = await this.fanOut(call, t, (g) =>
+      owned[g.index].length > 0 ? { method: 'Explain', req: { request: forShard, ad_ids: owned[g.index] } } : { method: 'Retrieve', req: forShard },
+    );
+    this.requestError(outcomes);
+    const merged = this.merge(
+      req,
+      n,
+      outcomes.map((o) => ({
+        shard: o.shard,
+        response: (o.value ? (owned[o.shard].length > 0 ? (o.value as { response?: RetrieveResponseMsg }).response : (o.value as RetrieveResponseMsg)) : undefined) ?? undefined,
+        outcome: o,
+      })),
+    );
+    const position = new Map<string, number>();
+    (merged.response.candidates ?? []).forEach((c, i) => position.set(c.ad_id, i + 1));
+    const byId = new Map<string, AdExplanationMsg>();
+    for (const o of outcomes) {
+      if (owned[o.shard].length === 0) continue;
+      if (!o.value) {
+        for (const id of owned[o.shard]) {
+          byId.set(id, { ad_id: id, outcome: 'dropped', stage: `shard-${o.shard}`, reason: 'shard_unavailable', detail: o.error ? `${grpc.status[o.error.code]}: ${o.error.details}` : 'no answer' });
+        }
+        continue;
+      }
+      for (const a of (o.value as { ads?: AdExplanationMsg[] }).ads ?? []) byId.set(a.ad_id, a);
+    }
+    const ads = adIds.map((id): AdExplanationMsg => {
+      const a = byId.get(id) ?? { ad_id: id, outcome: 'unknown_ad' };
+      if (a.outcome !== 'returned') return a;
+      const p = position.get(id);
+      if (p !== undefined) return { ...a, position: p };
+      const c = merged.cut.get(id);
+      return { ad_id: id, outcome: 'dropped', stage: 'Root', reason: c?.reason ?? 'below_cutoff', detail: c?.detail ?? 'cut when the shards\' answers were merged', position: 0, score: a.score };
+    });
+    return { response: merged.response, ads };
+  }
+
+  /**
+   * An Admin call routed by ad: the list field split by shard (keeping each item's index for
+   * error messages), one call per shard at once, the answers combined.
+   */
+  private async route<T>(
+    call: grpc.ServerUnaryCall<unknown, unknown>,
+    method: string,
+    field: string,
+    idOf: (item: T) => string | undefined,
+    combine: (answers: unknown[]) => unknown,
+  ): Promise<unknown> {
+    this.authorize(call);
+    const req = (call.request ?? {}) as Record<string, unknown>;
+    const items = (req[field] as T[] | undefined) ?? [];
+    if (items.length === 0) throw new RpcError(grpc.status.INVALID_ARGUMENT, `${field}: must not be empty`);
+    const count = this.groups.length;
+    const parts = this.groups.map(() => ({ items: [] as T[], index: [] as number[] }));
+    items.forEach((item, i) => {
+      const id = idOf(item);
+      if (typeof id !== 'string' || id.length === 0) throw new RpcError(grpc.status.INVALID_ARGUMENT, `${field}[${i}]${field === 'ad_ids' ? '' : '.ad_id'}: is required`);
+      const p = parts[shardOf(id, count)];
+      p.items.push(item);
+      p.index.push(i);
+    });
+    const deadline = this.deadlineOf(call);
+    const md = this.forwardMetadata(call);
+    const asked = parts.map((p, s) => ({ s, p })).filter((x) => x.p.items.length > 0);
+    const outcomes = await Promise.all(
+      asked.map(async ({ s, p }) => {
+        // Writes are not hedged (a duplicate would be a second write); a replica that fails fast is replaced.
+        const o = await this.groups[s].call<unknown>('admin', method, { ...req, [field]: p.items }, md, deadline, this.config_.root, false);
+        this.telemetry.metrics?.shardCall(s, o.error ? grpc.status[o.error.code] : 'OK');
+        return { s, p, o };
+      }),
+    );
+    const failed = outcomes.filter((x) => x.o.error);
+    if (failed.length > 0) {
+      const first = failed[0];
+      const err = first.o.error!;
+      // Field positions in the shard's part -> positions in the caller's request.
+      const details = err.details.replace(new RegExp(`^${field}\\[(\\d+)\\]`), (_m, k: string) => `${field}[${first.p.index[Number(k)] ?? k}]`);
+      const applied = outcomes.filter((x) => !x.o.error).map((x) => `shard-${x.s}`);
+      const note = applied.length > 0 && method !== 'GetAds' ? ` (shard-${first.s} failed; ${applied.join(', ')} applied their part)` : ` (shard-${first.s})`;
+      throw new RpcError(err.code, details + note);
+    }
+    return combine(outcomes.map((x) => x.o.value));
+  }
+}
+
+function sumUpsert(answers: unknown[]): unknown {
+  let inserted = 0;
+  let updated = 0;
+  let seq = 0;
+  for (const a of answers as Array<{ inserted?: number; updated?: number; seq?: string }>) {
+    inserted += a.inserted ?? 0;
+    updated += a.updated ?? 0;
+    seq = Math.max(seq, Number(a.seq ?? 0));
+  }
+  return { inserted, updated, seq: String(seq) };
+}
+
+function sumCounted(key: string): (answers: unknown[]) => unknown {
+  return (answers) => {
+    let n = 0;
+    let seq = 0;
+    const unknown: string[] = [];
+    for (const a of answers as Array<Record<string, unknown>>) {
+      n += Number(a[key] ?? 0);
+      seq = Math.max(seq, Number(a.seq ?? 0));
+      unknown.push(...((a.unknown_ad_ids as string[] | undefined) ?? []));
+    }
+    return { [key]: n, unknown_ad_ids: unknown, seq: String(seq) };
+  };
+}
+
+function concatAds(answers: unknown[]): unknown {
+  return { ads: (answers as Array<{ ads?: unknown[] }>).flatMap((a) => a.ads ?? []) };
+}
+
+function fmt(x: number | undefined): string {
+  return x === undefined ? '-' : x.toPrecision(6);
+}
+
+function isServiceError(e: unknown): e is grpc.ServiceError {
+  return typeof e === 'object' && e !== null && 'code' in e && 'details' in e;
+}
