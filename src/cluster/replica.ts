@@ -152,6 +152,8 @@ export class Replica {
   private readonly origin = randomUUID();
   private nextMsgId = 0;
   private popularityPlanner: PopularityState | null = null;
+  private watermarkTimer: NodeJS.Timeout | undefined;
+  private watermarking = false;
 
   constructor(
     private readonly url: string,
@@ -240,6 +242,8 @@ export class Replica {
   async serve(state: ServingState): Promise<void> {
     this.state = state;
     this.bootstrapping = false;
+    this.watermarkTimer = setInterval(() => void this.watermark(), 1000);
+    this.watermarkTimer.unref();
     // The state read the store after bootstrap: nothing in between was applied elsewhere.
     if (this.js) void this.startConsuming();
     else
@@ -277,6 +281,35 @@ export class Replica {
 
   private whenConnected(): Promise<void> {
     return this.connect();
+  }
+
+  /**
+   * Once a second while connected: the stream's last sequence number, then whether this shard
+   * has a message after the one applied here. None: every token up to that last sequence number
+   * is covered here (so `min_seq` of another shard's write is answered at once, even while NATS
+   * is down later); one: its age is the replication lag in seconds.
+   */
+  private async watermark(): Promise<void> {
+    if (this.watermarking || !this.jsm || !this.connected_ || this.closed) return;
+    this.watermarking = true;
+    try {
+      const info = await this.jsm.streams.info(this.config.cluster.stream);
+      const last = info.state.last_seq;
+      const next = await this.jsm.streams.getMessage(this.config.cluster.stream, { seq: this.applied_ + 1, next_by_subj: this.subject } as unknown as MsgRequest);
+      if (!next) {
+        if (this.covered < last) this.covered = last;
+        this.lagMessages = 0;
+        this.oldestUnappliedMs = 0;
+        this.wake();
+      } else if (next.seq > this.applied_) {
+        this.oldestUnappliedMs = next.time.getTime();
+        if (this.lagMessages === 0) this.lagMessages = 1;
+      }
+    } catch {
+      // NATS away or slow: the consumer's own view stands until the next round.
+    } finally {
+      this.watermarking = false;
+    }
   }
 
   /** The stream sequence number of the last message on this shard's subject (0: none). */
@@ -549,6 +582,7 @@ export class Replica {
 
   async close(): Promise<void> {
     this.closed = true;
+    clearInterval(this.watermarkTimer);
     await this.stopConsuming();
     for (const list of this.waiters.values()) for (const w of list) w();
     this.waiters.clear();
