@@ -89,7 +89,21 @@ export async function connectStream(url: string, cluster: ClusterConfig, name: s
     maxPingOut: 2,
   });
   const jsm = await jetstreamManager(nc);
-  await ensureStream(jsm, cluster, log);
+  // A JetStream cluster that is still electing its leader answers 503 / "temporarily unavailable" for a while.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await ensureStream(jsm, cluster, log);
+      break;
+    } catch (err) {
+      const m = (err as Error).message;
+      if (attempt >= 120 || !/unavailable|no suitable|insufficient|timeout|no responders|503/i.test(m)) {
+        await nc.close().catch(() => undefined);
+        throw err;
+      }
+      if (attempt % 10 === 0) log.warn({ err: m, stream: cluster.stream }, 'JetStream not ready for the stream yet; retrying');
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
   return { nc, js: jetstream(nc), jsm };
 }
 
@@ -129,6 +143,8 @@ interface Incoming {
 }
 
 const RESULT_KEEP = 4096;
+/** A consumer that delivers nothing for this long while the stream holds more for the shard is recreated. */
+const STALL_MS = 3000;
 
 export class Replica {
   readonly subject: string;
@@ -146,13 +162,19 @@ export class Replica {
   private bootstrapping = true;
   private closed = false;
   private messages: ConsumerMessages | null = null;
+  /** True from startConsuming() until stopConsuming(). */
+  private consuming = false;
   private loop: Promise<void> | null = null;
   private readonly results = new Map<number, ApplyResult>();
-  private readonly waiters = new Map<number, Array<() => void>>();
+  private readonly waiters = new Map<number, Array<(ok: boolean) => void>>();
+  /** Admin writes published here, waiting to be applied (a covered token is not enough for them). */
+  private readonly ownWaiters = new Map<number, Array<(ok: boolean) => void>>();
   private readonly origin = randomUUID();
   private nextMsgId = 0;
   private popularityPlanner: PopularityState | null = null;
   private watermarkTimer: NodeJS.Timeout | undefined;
+  private lastDeliveryMs = Date.now();
+  private applying = false;
   private watermarking = false;
 
   constructor(
@@ -304,6 +326,13 @@ export class Replica {
       } else if (next.seq > this.applied_) {
         this.oldestUnappliedMs = next.time.getTime();
         if (this.lagMessages === 0) this.lagMessages = 1;
+        // The stream has a message for this shard that the consumer has not delivered for a while
+        // (its server died, a leader moved): recreate it from the last applied message.
+        const waited = Date.now() - Math.max(this.lastDeliveryMs, this.oldestUnappliedMs);
+        if (this.messages && this.consuming && !this.applying && waited > STALL_MS) {
+          this.log.warn({ applied: this.applied_, next: next.seq, waited_ms: waited }, 'the stream consumer delivers nothing while the stream holds more for this shard; recreating it');
+          this.messages.stop();
+        }
       }
     } catch {
       // NATS away or slow: the consumer's own view stands until the next round.
@@ -321,25 +350,35 @@ export class Replica {
   /** Consumes the subject from after the applied sequence number, until stopped; restarts the consumer on errors. */
   private startConsuming(progress?: (applied: number) => void): Promise<void> {
     let applied = 0;
+    this.consuming = true;
     this.loop = (async () => {
-      while (!this.closed) {
+      while (!this.closed && this.consuming) {
         try {
           const consumer = await this.js!.consumers.get(this.config.cluster.stream, {
             filter_subjects: this.subject,
             deliver_policy: DeliverPolicy.StartSequence,
             opt_start_seq: this.applied_ + 1,
           });
-          const messages = await consumer.consume({ max_messages: 256 });
+          if (!this.consuming) return;
+          // Heartbeats every second (expires / 2): a consumer lost with a NATS node is noticed in seconds, not the default 30.
+          const messages = await consumer.consume({ max_messages: 256, expires: 2000 });
           this.messages = messages;
+          void (async () => {
+            for await (const st of messages.status()) {
+              if (st.type === 'reset' || st.type === 'heartbeats_missed') this.log.info({ event: st.type, applied: this.applied_ }, 'the stream consumer is being recreated');
+            }
+          })().catch(() => undefined);
           for await (const m of messages) {
             await this.onMessage(toIncoming(m));
             applied++;
             progress?.(applied);
           }
-          if (this.messages === null) return;
+          if (!this.consuming) return;
+          this.log.warn({ applied: this.applied_ }, 'the stream consumer ended; starting it again');
         } catch (err) {
-          if (this.closed || this.messages === null) return;
-          this.log.warn({ err: (err as Error).message }, 'the stream consumer stopped; starting it again');
+          if (this.closed || !this.consuming) return;
+          // A JetStream cluster electing a new stream leader times out consumer creation for several seconds.
+          this.log.warn({ err: (err as Error).message, applied: this.applied_ }, 'the stream consumer stopped; starting it again');
           await new Promise((r) => setTimeout(r, 500));
         }
       }
@@ -348,6 +387,7 @@ export class Replica {
   }
 
   private async stopConsuming(): Promise<void> {
+    this.consuming = false;
     const m = this.messages;
     this.messages = null;
     m?.stop();
@@ -356,7 +396,18 @@ export class Replica {
   }
 
   private async onMessage(msg: Incoming): Promise<void> {
+    this.lastDeliveryMs = Date.now();
     if (msg.seq <= this.applied_) return; // exactly once: already applied (or parked) here
+    this.applying = true;
+    try {
+      await this.applyIncoming(msg);
+    } finally {
+      this.applying = false;
+      this.lastDeliveryMs = Date.now();
+    }
+  }
+
+  private async applyIncoming(msg: Incoming): Promise<void> {
     this.lagMessages = msg.pending;
     this.oldestUnappliedMs = msg.pending > 0 ? msg.timestampMs : 0;
     let result: ApplyResult;
@@ -395,10 +446,16 @@ export class Replica {
   }
 
   private wake(): void {
+    for (const [seq, list] of this.ownWaiters) {
+      if (seq <= this.applied_) {
+        this.ownWaiters.delete(seq);
+        for (const w of list) w(true);
+      }
+    }
     for (const [seq, list] of this.waiters) {
       if (seq <= this.applied_ || seq <= this.covered) {
         this.waiters.delete(seq);
-        for (const w of list) w();
+        for (const w of list) w(true);
       }
     }
   }
@@ -529,7 +586,7 @@ export class Replica {
     } catch (err) {
       throw new ReplicationError('unavailable', `the write stream did not take the write: ${(err as Error).message}`);
     }
-    const applied = await this.waitApplied(seq, Date.now() + c.apply_timeout_ms);
+    const applied = await this.waitApplied(seq, Date.now() + c.apply_timeout_ms, undefined, true);
     if (!applied) throw new ReplicationError('unavailable', `the write is in the stream at ${seq} but was not applied here within ${c.apply_timeout_ms} ms; it will be`);
     const result = this.results.get(seq);
     if (!result) return { seq, result: { kind: m.kind, count: 0, unknown: [] } };
@@ -537,7 +594,8 @@ export class Replica {
     return { seq, result };
   }
 
-  private waitApplied(seq: number, untilMs: number, signal?: AbortSignal): Promise<boolean> {
+  /** Resolves true once `seq` is applied here (or, unless `own`, known to hold nothing of this shard); false at `untilMs` or on abort. */
+  private waitApplied(seq: number, untilMs: number, signal?: AbortSignal, own = false): Promise<boolean> {
     if (this.applied_ >= seq) return Promise.resolve(true);
     return new Promise<boolean>((resolve) => {
       let done = false;
@@ -549,11 +607,12 @@ export class Replica {
         resolve(v);
       };
       const onAbort = () => finish(false);
-      const timer = setTimeout(() => finish(this.applied_ >= seq || this.covered >= seq), Math.max(0, untilMs - Date.now()));
+      const timer = setTimeout(() => finish(this.applied_ >= seq || (!own && this.covered >= seq)), Math.max(0, untilMs - Date.now()));
       signal?.addEventListener('abort', onAbort);
-      let list = this.waiters.get(seq);
-      if (!list) this.waiters.set(seq, (list = []));
-      list.push(() => finish(true));
+      const waiters = own ? this.ownWaiters : this.waiters;
+      let list = waiters.get(seq);
+      if (!list) waiters.set(seq, (list = []));
+      list.push(finish);
     });
   }
 
@@ -584,8 +643,9 @@ export class Replica {
     this.closed = true;
     clearInterval(this.watermarkTimer);
     await this.stopConsuming();
-    for (const list of this.waiters.values()) for (const w of list) w();
+    for (const list of [...this.waiters.values(), ...this.ownWaiters.values()]) for (const w of list) w(false);
     this.waiters.clear();
+    this.ownWaiters.clear();
     const nc = this.nc;
     this.nc = null;
     this.js = null;
