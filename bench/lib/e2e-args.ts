@@ -110,7 +110,8 @@ function wholeNumber(name: string, raw: string | undefined, fallback: number): n
   return Number(raw);
 }
 
-function positiveNumber(name: string, raw: string | undefined, fallback: number, allowZero = false): number {
+/** `raw` as a positive number (or >= 0 with `allowZero`), `fallback` when absent; throws naming `--name` otherwise. */
+export function positiveNumber(name: string, raw: string | undefined, fallback: number, allowZero = false): number {
   if (raw === undefined) return fallback;
   const value = Number(raw);
   if (raw.trim() === '' || !Number.isFinite(value) || value < 0 || (!allowZero && value === 0)) {
@@ -119,7 +120,8 @@ function positiveNumber(name: string, raw: string | undefined, fallback: number,
   return value;
 }
 
-function rateList(raw: string | undefined, fallback: number[], name = 'rates'): number[] {
+/** A comma-separated list of positive numbers, ascending and distinct; `fallback` when absent. */
+export function rateList(raw: string | undefined, fallback: number[], name = 'rates'): number[] {
   if (raw === undefined) return fallback;
   const values = raw.split(',').map((part) => positiveNumber(name, part, 0));
   return [...new Set(values)].sort((a, b) => a - b);

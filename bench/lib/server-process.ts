@@ -25,6 +25,13 @@ export function parseServingBanner(line: string): ServingBanner | undefined {
   };
 }
 
+/** A subcommand of the funnel CLI other than `serve`, and how to read its ready line. */
+export interface ServerCommand {
+  command: string;
+  /** The parsed ready line, or undefined for any other line of its stdout. */
+  banner: (line: string) => ServingBanner | undefined;
+}
+
 /** Log levels of pino's JSON lines (`"level":40` = warn, 50 = error, 60 = fatal). */
 const WARN = 40;
 
@@ -85,10 +92,13 @@ export class ServerProcess {
 
   /**
    * Spawns `node mainJs serve <args>` and resolves once it prints its serving line; rejects (after
-   * killing it) when it exits first or `timeoutMs` passes, with the end of its stderr.
+   * killing it) when it exits first or `timeoutMs` passes, with the end of its stderr. `as` runs
+   * another subcommand instead (e.g. `root`), ready once `as.banner` parses one of its lines.
    */
-  static start(mainJs: string, args: readonly string[], timeoutMs: number, env?: NodeJS.ProcessEnv): Promise<ServerProcess> {
-    const child = spawn(process.execPath, [mainJs, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
+  static start(mainJs: string, args: readonly string[], timeoutMs: number, env?: NodeJS.ProcessEnv, as?: ServerCommand): Promise<ServerProcess> {
+    const command = as?.command ?? 'serve';
+    const parseBanner = as?.banner ?? parseServingBanner;
+    const child = spawn(process.execPath, [mainJs, command, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
     const watch: Watch = { tail: [], problems: new Map(), listeners: new Set() };
     child.on('exit', (code, signal) => {
       watch.exit = { code, signal };
@@ -115,14 +125,14 @@ export class ServerProcess {
         clearTimeout(timer);
         if (watch.exit === undefined) child.kill('SIGKILL');
         // Give the stderr reader a moment to take the last lines of a crash.
-        setTimeout(() => reject(new Error(`funnel serve ${why}${watch.tail.length ? `; its stderr ended with:\n${watch.tail.join('\n')}` : ''}`)), 100);
+        setTimeout(() => reject(new Error(`funnel ${command} ${why}${watch.tail.length ? `; its stderr ended with:\n${watch.tail.join('\n')}` : ''}`)), 100);
       };
       const timer = setTimeout(() => fail(`printed no serving line within ${timeoutMs / 1000}s`), timeoutMs);
       child.once('exit', (code, signal) => fail(`exited (${signal ?? `code ${code}`}) before serving`));
       child.once('error', (err) => fail(`could not start: ${err.message}`));
       readline.createInterface({ input: child.stdout! }).on('line', (line) => {
         if (settled) return;
-        const banner = parseServingBanner(line);
+        const banner = parseBanner(line);
         if (!banner) return;
         settled = true;
         clearTimeout(timer);
