@@ -88,23 +88,34 @@ export async function connectStream(url: string, cluster: ClusterConfig, name: s
     pingInterval: 5_000,
     maxPingOut: 2,
   });
-  const jsm = await jetstreamManager(nc);
-  // A JetStream cluster that is still electing its leader answers 503 / "temporarily unavailable" for a while.
+  // A JetStream cluster that is still forming or electing its leader answers 503 / "temporarily
+  // unavailable" (or nothing) for a while: every attempt is bounded, and retried for up to 2 minutes.
+  const started = Date.now();
   for (let attempt = 0; ; attempt++) {
     try {
-      await ensureStream(jsm, cluster, log);
-      break;
+      const jsm = await withTimeout(jetstreamManager(nc, { timeout: 5000 }), 10_000, 'reaching JetStream');
+      await withTimeout(ensureStream(jsm, cluster, log), 15_000, `making sure stream ${cluster.stream} exists`);
+      return { nc, js: jetstream(nc, { timeout: 5000 }), jsm };
     } catch (err) {
       const m = (err as Error).message;
-      if (attempt >= 120 || !/unavailable|no suitable|insufficient|timeout|no responders|503/i.test(m)) {
+      if (Date.now() - started > 120_000 || !/unavailable|no suitable|insufficient|timeout|timed out|no responders|503|not enabled/i.test(m)) {
         await nc.close().catch(() => undefined);
         throw err;
       }
-      if (attempt % 10 === 0) log.warn({ err: m, stream: cluster.stream }, 'JetStream not ready for the stream yet; retrying');
+      log.warn({ err: m, stream: cluster.stream, attempt }, 'JetStream not ready for the stream yet; retrying');
       await new Promise((r) => setTimeout(r, 500));
     }
   }
-  return { nc, js: jetstream(nc), jsm };
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+    }),
+  ]);
 }
 
 /** Creates the stream when it is missing (subjects `<prefix>.>`, file storage, R from the config). */

@@ -45,7 +45,7 @@ export interface RootOptions {
   adminToken?: string;
 }
 
-interface CandidateMsg {
+export interface CandidateMsg {
   ad_id: string;
   advertiser_id?: string;
   campaign_id?: string;
@@ -53,7 +53,7 @@ interface CandidateMsg {
   score?: number;
   sources?: string[];
 }
-interface StageStatsMsg {
+export interface StageStatsMsg {
   name: string;
   candidates_in?: number;
   candidates_out?: number;
@@ -62,7 +62,7 @@ interface StageStatsMsg {
   detail?: string;
   dropped?: Record<string, number>;
 }
-interface RetrieveResponseMsg {
+export interface RetrieveResponseMsg {
   candidates?: CandidateMsg[];
   degraded?: boolean;
   degraded_stages?: string[];
@@ -71,14 +71,14 @@ interface RetrieveResponseMsg {
   pipeline?: string;
   data_seq?: string | number;
 }
-interface RetrieveRequestMsg {
+export interface RetrieveRequestMsg {
   request_id?: string;
   num_results?: number;
   pipeline?: string;
   debug?: boolean;
   [k: string]: unknown;
 }
-interface AdExplanationMsg {
+export interface AdExplanationMsg {
   ad_id: string;
   outcome?: string;
   stage?: string;
@@ -90,8 +90,15 @@ interface AdExplanationMsg {
 
 type Unary = grpc.handleUnaryCall<unknown, unknown>;
 
+/** One shard's answer to a fan-out (none when it failed). */
+export interface ShardAnswer {
+  shard: number;
+  response?: RetrieveResponseMsg;
+  outcome: Pick<ShardOutcome<unknown>, 'ms' | 'error' | 'replica' | 'attempts' | 'hedged' | 'hedgeWon'>;
+}
+
 /** The merged answer of the shards. */
-interface Merged {
+export interface Merged {
   response: RetrieveResponseMsg;
   /** ad_id -> why the merge cut it (ads a shard returned). */
   cut: Map<string, { reason: 'below_cutoff' | 'advertiser_cap' | 'category_cap'; detail: string }>;
@@ -302,82 +309,10 @@ export class RootServer {
     }
   }
 
-  private merge(req: RetrieveRequestMsg, n: number, responses: Array<{ shard: number; response?: RetrieveResponseMsg; outcome: ShardOutcome<unknown> }>): Merged {
-    const started = performance.now();
-    const pipelineName = responses.find((r) => r.response?.pipeline)?.response?.pipeline || req.pipeline || this.config_.default_pipeline;
-    const pipeline = this.config_.pipelines[pipelineName] ?? this.config_.pipelines[this.config_.default_pipeline];
-    const div = pipeline.stages.Diversifier;
-    const all: CandidateMsg[] = [];
-    const degraded = new Set<string>();
-    const stages: StageStatsMsg[] = [];
-    let dataSeq: number | null = null;
-    for (const r of responses) {
-      const o = r.outcome;
-      if (!r.response) {
-        degraded.add(`shard-${r.shard}`);
-        this.telemetry.metrics?.shardDegraded(r.shard);
-        if (req.debug) stages.push({ name: `shard-${r.shard}`, candidates_in: 0, candidates_out: 0, latency_ms: o.ms, status: o.error?.code === grpc.status.DEADLINE_EXCEEDED ? 'timeout' : 'error', detail: o.error ? `${grpc.status[o.error.code]}: ${o.error.details}` : 'no answer' });
-        continue;
-      }
-      const resp = r.response;
-      for (const c of resp.candidates ?? []) all.push(c);
-      for (const s of resp.degraded_stages ?? []) degraded.add(s);
-      const seq = Number(resp.data_seq ?? 0);
-      dataSeq = dataSeq === null ? seq : Math.min(dataSeq, seq);
-      if (req.debug) {
-        stages.push({
-          name: `shard-${r.shard}`,
-          candidates_in: 0,
-          candidates_out: resp.candidates?.length ?? 0,
-          latency_ms: o.ms,
-          status: 'ok',
-          detail: `replica=${o.replica} attempts=${o.attempts}${o.hedged ? ` hedged=${o.hedgeWon}` : ''} data_seq=${seq}`,
-        });
-        for (const s of resp.stages ?? []) stages.push({ ...s, name: `shard-${r.shard}/${s.name}` });
-      }
-    }
-    all.sort((a, b) => (b.score ?? 0) - (a.score ?? 0) || (a.ad_id < b.ad_id ? -1 : a.ad_id > b.ad_id ? 1 : 0));
-    const perAdvertiser = new Map<string, number>();
-    const perCategory = new Map<string, number>();
-    const out: CandidateMsg[] = [];
-    const cut = new Map<string, { reason: 'below_cutoff' | 'advertiser_cap' | 'category_cap'; detail: string }>();
-    const seen = new Set<string>();
-    let lastKept: number | undefined;
-    for (const c of all) {
-      if (seen.has(c.ad_id)) continue;
-      seen.add(c.ad_id);
-      const adv = c.advertiser_id ?? '';
-      const cat = c.category ?? '';
-      if (out.length >= n) {
-        cut.set(c.ad_id, { reason: 'below_cutoff', detail: `score ${fmt(c.score)} below the last of the ${n} kept across shards (${fmt(lastKept)})` });
-        continue;
-      }
-      if ((perAdvertiser.get(adv) ?? 0) >= div.max_per_advertiser) {
-        cut.set(c.ad_id, { reason: 'advertiser_cap', detail: `advertiser ${adv} already has ${div.max_per_advertiser} better-scored ads across shards (max_per_advertiser)` });
-        continue;
-      }
-      if ((perCategory.get(cat) ?? 0) >= div.max_per_category) {
-        cut.set(c.ad_id, { reason: 'category_cap', detail: `category ${cat} already has ${div.max_per_category} better-scored ads across shards (max_per_category)` });
-        continue;
-      }
-      perAdvertiser.set(adv, (perAdvertiser.get(adv) ?? 0) + 1);
-      perCategory.set(cat, (perCategory.get(cat) ?? 0) + 1);
-      out.push(c);
-      lastKept = c.score;
-    }
-    if (req.debug) stages.push({ name: 'RootMerge', candidates_in: all.length, candidates_out: out.length, latency_ms: performance.now() - started, status: 'ok', detail: `shards=${responses.length} answered=${responses.filter((r) => r.response).length}` });
-    return {
-      response: {
-        candidates: out,
-        degraded: degraded.size > 0,
-        degraded_stages: [...degraded],
-        stages,
-        request_id: req.request_id ?? '',
-        pipeline: pipelineName,
-        data_seq: String(dataSeq ?? 0),
-      },
-      cut,
-    };
+  private merge(req: RetrieveRequestMsg, n: number, responses: ShardAnswer[]): Merged {
+    const merged = mergeAnswers(this.config_, req, n, responses);
+    for (const r of responses) if (!r.response) this.telemetry.metrics?.shardDegraded(r.shard);
+    return merged;
   }
 
   private async retrieve(call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null): Promise<unknown> {
@@ -489,6 +424,91 @@ export class RootServer {
     return combine(outcomes.map((x) => x.o.value));
   }
 }
+
+/**
+ * Merges the shards' answers (CONTRACT section 6): candidates by score (ties by ad_id), the
+ * pipeline's advertiser and category caps across shards, the best `n`; a shard without an
+ * answer is `shard-I` in degraded_stages; with `debug`, a stage row per shard (and the
+ * shard's own rows as `shard-I/<Stage>`) and one for the merge. `cut` says why each ad a
+ * shard returned was left out.
+ */
+export function mergeAnswers(config: Config, req: RetrieveRequestMsg, n: number, responses: ShardAnswer[]): Merged {
+  const started = performance.now();
+  const pipelineName = responses.find((r) => r.response?.pipeline)?.response?.pipeline || req.pipeline || config.default_pipeline;
+  const pipeline = config.pipelines[pipelineName] ?? config.pipelines[config.default_pipeline];
+  const div = pipeline.stages.Diversifier;
+  const all: CandidateMsg[] = [];
+  const degraded = new Set<string>();
+  const stages: StageStatsMsg[] = [];
+  let dataSeq: number | null = null;
+  for (const r of responses) {
+    const o = r.outcome;
+    if (!r.response) {
+      degraded.add(`shard-${r.shard}`);
+      if (req.debug) stages.push({ name: `shard-${r.shard}`, candidates_in: 0, candidates_out: 0, latency_ms: o.ms, status: o.error?.code === grpc.status.DEADLINE_EXCEEDED ? 'timeout' : 'error', detail: o.error ? `${grpc.status[o.error.code]}: ${o.error.details}` : 'no answer' });
+      continue;
+    }
+    const resp = r.response;
+    for (const c of resp.candidates ?? []) all.push(c);
+    for (const s of resp.degraded_stages ?? []) degraded.add(s);
+    const seq = Number(resp.data_seq ?? 0);
+    dataSeq = dataSeq === null ? seq : Math.min(dataSeq, seq);
+    if (req.debug) {
+      stages.push({
+        name: `shard-${r.shard}`,
+        candidates_in: 0,
+        candidates_out: resp.candidates?.length ?? 0,
+        latency_ms: o.ms,
+        status: 'ok',
+        detail: `replica=${o.replica} attempts=${o.attempts}${o.hedged ? ` hedged=${o.hedgeWon}` : ''} data_seq=${seq}`,
+      });
+      for (const s of resp.stages ?? []) stages.push({ ...s, name: `shard-${r.shard}/${s.name}` });
+    }
+  }
+  all.sort((a, b) => (b.score ?? 0) - (a.score ?? 0) || (a.ad_id < b.ad_id ? -1 : a.ad_id > b.ad_id ? 1 : 0));
+  const perAdvertiser = new Map<string, number>();
+  const perCategory = new Map<string, number>();
+  const out: CandidateMsg[] = [];
+  const cut = new Map<string, { reason: 'below_cutoff' | 'advertiser_cap' | 'category_cap'; detail: string }>();
+  const seen = new Set<string>();
+  let lastKept: number | undefined;
+  for (const c of all) {
+    if (seen.has(c.ad_id)) continue;
+    seen.add(c.ad_id);
+    const adv = c.advertiser_id ?? '';
+    const cat = c.category ?? '';
+    if (out.length >= n) {
+      cut.set(c.ad_id, { reason: 'below_cutoff', detail: `score ${fmt(c.score)} below the last of the ${n} kept across shards (${fmt(lastKept)})` });
+      continue;
+    }
+    if ((perAdvertiser.get(adv) ?? 0) >= div.max_per_advertiser) {
+      cut.set(c.ad_id, { reason: 'advertiser_cap', detail: `advertiser ${adv} already has ${div.max_per_advertiser} better-scored ads across shards (max_per_advertiser)` });
+      continue;
+    }
+    if ((perCategory.get(cat) ?? 0) >= div.max_per_category) {
+      cut.set(c.ad_id, { reason: 'category_cap', detail: `category ${cat} already has ${div.max_per_category} better-scored ads across shards (max_per_category)` });
+      continue;
+    }
+    perAdvertiser.set(adv, (perAdvertiser.get(adv) ?? 0) + 1);
+    perCategory.set(cat, (perCategory.get(cat) ?? 0) + 1);
+    out.push(c);
+    lastKept = c.score;
+  }
+  if (req.debug) stages.push({ name: 'RootMerge', candidates_in: all.length, candidates_out: out.length, latency_ms: performance.now() - started, status: 'ok', detail: `shards=${responses.length} answered=${responses.filter((r) => r.response).length}` });
+  return {
+    response: {
+      candidates: out,
+      degraded: degraded.size > 0,
+      degraded_stages: [...degraded],
+      stages,
+      request_id: req.request_id ?? '',
+      pipeline: pipelineName,
+      data_seq: String(dataSeq ?? 0),
+    },
+    cut,
+  };
+}
+
 
 function sumUpsert(answers: unknown[]): unknown {
   let inserted = 0;

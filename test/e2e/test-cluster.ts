@@ -13,9 +13,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
+import * as http from 'node:http';
+import { encodeMessage } from '../../src/cluster/messages';
 import { shardOf } from '../../src/cluster/shard';
+import { parseCatalogObject, type CatalogRow } from '../../src/store/catalog-schema';
 import { row, tempDir, writeCatalog } from '../fixtures/catalog';
 import {
+  freePort,
   ingestNats,
   needNats,
   NatsServer,
@@ -456,6 +460,69 @@ describe('cluster: 2 shards x 2 replicas behind funnel root, writes through NATS
     const res = await rootRetrieval.retrieve({ attributes: attrs({ campaign: ['nats-drill'] }), num_results: 500, min_seq: a!.seq });
     assert.deepEqual(adIds(res).filter((x) => x.startsWith('nats-')).sort(), [after, before].sort());
     await rootAdmin.deleteAds({ ad_ids: [before, after] });
+  });
+
+  it('when a replica falls behind the stream, then its lag shows in /metrics and health says NOT_SERVING until it has caught up', async () => {
+    const lagConfig = writeTestConfig(dir, 'lag.yaml', 'cluster: { max_lag_messages: 50, max_lag_seconds: 1 }\n');
+    const metricsPort = await freePort();
+    const extra = await startReplica({ nats: nats.url, shard: `0/${SHARDS}`, data: path.join(dir, 'data-lag'), tokenFile, config: lagConfig, metricsPort });
+    replicas.push([extra]);
+    const health = healthClient(extra.addr);
+    const metric = async (name: string): Promise<number> => {
+      const text = await new Promise<string>((resolve, reject) =>
+        http.get(`http://127.0.0.1:${metricsPort}/metrics`, (res) => {
+          let b = '';
+          res.on('data', (d: Buffer) => (b += d.toString()));
+          res.on('end', () => resolve(b));
+        }).once('error', reject),
+      );
+      const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+      return m ? Number(m[1]) : NaN;
+    };
+    try {
+      assert.equal(await health.check('funnel.v1.Retrieval'), 'SERVING');
+      assert.equal(await metric('funnel_replication_lag_messages'), 0);
+      assert.equal(await metric('funnel_replication_connected'), 1);
+      // Frozen, it misses 3,000 writes of its shard published straight to the stream.
+      process.kill(extra.pid, 'SIGSTOP');
+      const nc = await connect({ servers: nats.url });
+      const ids = idsOfShard('lag', 0, 3000);
+      try {
+        const base = parseCatalogObject(row(0, DIM));
+        if ('issues' in base) throw new Error('bad row');
+        const pubs: Promise<unknown>[] = [];
+        for (const id of ids) {
+          const r: CatalogRow = { ...base.row, ad_id: id };
+          pubs.push(nc.request(`funnel.writes.${SHARDS}.0`, encodeMessage({ kind: 'upsert', ads: [r] }), { timeout: 20_000 }));
+        }
+        await Promise.all(pubs);
+      } finally {
+        await nc.close();
+      }
+      await sleep(1500);
+      process.kill(extra.pid, 'SIGCONT');
+      let sawNotServing = false;
+      let maxLag = 0;
+      await waitFor(
+        'the replica to catch up',
+        async () => {
+          const st = await health.check('funnel.v1.Retrieval').catch(() => 'ERROR');
+          if (st === 'NOT_SERVING') sawNotServing = true;
+          const lag = await metric('funnel_replication_lag_messages').catch(() => 0);
+          if (lag > maxLag) maxLag = lag;
+          const applied = await metric('funnel_replication_applied_seq').catch(() => 0);
+          return st === 'SERVING' && sawNotServing && lag === 0 && applied > 0 && (await adminClient(extra.addr).getAds({ ad_ids: [ids[ids.length - 1]] })).ads.length === 1;
+        },
+        120_000,
+        20,
+      );
+      assert.ok(sawNotServing, 'health never said NOT_SERVING while 3,000 writes behind');
+      assert.ok(maxLag > 50, `largest lag seen ${maxLag}`);
+      await rootAdmin.deleteAds({ ad_ids: ids });
+    } finally {
+      health.close();
+      await extra.kill('SIGKILL');
+    }
   });
 
   it('when ingest --nats is given a file with a bad row, then it exits 1 naming the line and publishes nothing', async () => {
