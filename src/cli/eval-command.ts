@@ -19,6 +19,7 @@ import type { DecodedRetrieve } from '../grpc/codec';
 import { retrieveFromJson } from '../grpc/request-json';
 import { evaluateExamples, ExampleScoringError, readExampleLines, type ExampleSummary, type ScoredExample } from '../eval/example-eval';
 import { evaluateAll, type ConfigDiff, type EvalSummary, type LossTable } from '../eval/funnel-eval';
+import { evaluateThroughRoot } from '../eval/root-eval';
 import { ServingState } from '../serving/state';
 import { DataDirError } from '../store/catalog-store';
 import { stopModelWorkers } from '../stages/ranking/onnx-host';
@@ -40,6 +41,10 @@ export interface EvalCommandOptions {
   json?: boolean;
   /** Requests run once through every config, unrecorded, before measuring (default 20). */
   warmup?: number;
+  /** A cluster's `funnel root`: the funnel side runs through it over gRPC (`--data` is then a full copy of the catalog). */
+  root?: string;
+  /** With --root: the bearer token for Explain (loss accounting). */
+  adminTokenFile?: string;
 }
 
 /** A request line read, or why it could not be. */
@@ -214,6 +219,26 @@ export async function runEval(opts: EvalCommandOptions): Promise<number> {
     exampleCode = await runExampleEval(opts, opts.examples, configs, err);
     if (exampleCode > 1 || !opts.requests) return exampleCode;
   }
+  if (opts.root) {
+    if (opts.against || opts.examples) {
+      err('--root measures one cluster: --against and --examples go without it');
+      return 2;
+    }
+    let token: string | undefined;
+    if (opts.adminTokenFile) {
+      try {
+        token = fs.readFileSync(opts.adminTokenFile, 'utf8').trim();
+      } catch (e) {
+        err(`cannot read --admin-token-file ${opts.adminTokenFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        return 2;
+      }
+    }
+    return runRootEval(opts, opts.requests!, opts.data!, configs[0].config, token, err);
+  }
+  if (opts.adminTokenFile) {
+    err('--admin-token-file goes with --root');
+    return 2;
+  }
   const requestCode = await runRequestEval(opts, opts.requests!, opts.data!, configs, err);
   return Math.max(exampleCode, requestCode);
 }
@@ -309,6 +334,42 @@ async function runExampleEval(opts: EvalCommandOptions, file: string, configs: {
 }
 
 /** `--requests`: funnel recall against the exhaustive reference; resolves to the exit code. */
+/** `--root`: every request through the cluster's root, against the capped reference over a full copy of the catalog. */
+async function runRootEval(opts: EvalCommandOptions, requestsPath: string, data: string, config: Config, token: string | undefined, err: (m: string) => void): Promise<number> {
+  let state: ServingState;
+  try {
+    state = await ServingState.open(data, config, pino({ level: 'warn' }, pino.destination(2)));
+  } catch (e) {
+    err(e instanceof DataDirError ? e.message : `cannot open ${data}: ${(e as Error).message}`);
+    return 3;
+  }
+  try {
+    const requests: DecodedRetrieve[] = [];
+    let bad = 0;
+    for await (const line of readRequests(requestsPath)) {
+      if (line.request) requests.push(line.request);
+      else if (++bad <= 100) err(`${line.where}: ${line.error}`);
+    }
+    const bar = progress('eval', 'requests');
+    const run = await evaluateThroughRoot(state, config, requests, {
+      addr: opts.root!,
+      token,
+      pipelines: opts.pipeline,
+      numResults: opts.numResults,
+      onProgress: (done, total) => bar.update(done, total),
+      onInvalid: (i, details, count) => {
+        if (count <= 100) err(`request ${i + 1}: ${details}`);
+      },
+    });
+    bar.stop();
+    if (opts.json) for (const s of run.summaries) process.stdout.write(jsonLine(s, { via: 'root', reference: 'capped' }) + '\n');
+    else process.stdout.write(formatReport(run.summaries, [], bad + run.invalid + run.failed));
+    return bad + run.invalid + run.failed > 0 ? 1 : 0;
+  } finally {
+    await state.close();
+  }
+}
+
 async function runRequestEval(
   opts: EvalCommandOptions,
   requestsPath: string,

@@ -193,6 +193,8 @@ export function buildProgram(): Command {
     .option('--num-results <n>', "N: results per request (default: each request's num_results, else the config's default)", positiveInt('--num-results', 100_000))
     .option('--json', 'one JSON line per (config, pipeline) instead of a table', false)
     .option('--warmup <n>', 'requests run once through every config, unrecorded, before measuring', nonNegativeInt('--warmup'), 20)
+    .option('--root <addr>', "a sharded cluster's funnel root (HOST:PORT): requests go through it over gRPC; --data is then a full copy of the same catalog, for the reference")
+    .option('--admin-token-file <file>', 'with --root: bearer token for Explain, which says where each lost ad was lost')
     .action(async (opts) => {
       process.exitCode = await runEval(opts);
     });

@@ -198,6 +198,33 @@ describe('cluster: 2 shards x 2 replicas behind funnel root, writes through NATS
     fromShard = [0, 0];
   });
 
+  it('when funnel eval runs through the root against a full copy of the catalog, then it reports recall and explains every loss by stage', async () => {
+    const full = path.join(dir, 'full');
+    const { spawnSync } = await import('node:child_process');
+    const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
+    const ing = spawnSync(process.execPath, [CLI, 'ingest', '--catalog', path.join(dir, 'catalog.jsonl'), '--data', full], { encoding: 'utf8' });
+    assert.equal(ing.status, 0, ing.stderr);
+    const reqs = Array.from({ length: 12 }, (_, i) =>
+      JSON.stringify({ requestId: `ev-${i}`, attributes: { country: { values: [COUNTRIES[i % 3]] } }, userEmbedding: row(i, DIM).embedding, numResults: 10 }),
+    );
+    const file = path.join(dir, 'requests.jsonl');
+    fs.writeFileSync(file, reqs.join('\n') + '\n');
+    const r = spawnSync(process.execPath, [CLI, 'eval', '--root', root.addr, '--data', full, '--requests', file, '--config', config, '--admin-token-file', tokenFile, '--json'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const line = JSON.parse(r.stdout.trim().split('\n')[0]) as { via: string; requests: number; recall_at_n: number; ecpm_share: number; loss: Record<string, Record<string, number>>; config: string };
+    assert.equal(line.via, 'root');
+    assert.equal(line.requests, 12);
+    assert.equal(line.config, `root ${root.addr}`);
+    assert.ok(line.recall_at_n > 0 && line.recall_at_n <= 1, `recall ${line.recall_at_n}`);
+    assert.ok(!('unexplained' in line.loss), JSON.stringify(line.loss));
+    // Without the token the losses are counted, not explained.
+    const r2 = spawnSync(process.execPath, [CLI, 'eval', '--root', root.addr, '--data', full, '--requests', file, '--config', config, '--json'], { encoding: 'utf8' });
+    assert.equal(r2.status, 0, r2.stderr);
+    const l2 = JSON.parse(r2.stdout.trim()) as { recall_at_n: number; loss: Record<string, Record<string, number>> };
+    assert.equal(l2.recall_at_n, line.recall_at_n);
+    if (line.recall_at_n < 1) assert.ok(l2.loss.unexplained.no_admin_token > 0);
+  });
+
   it('when every Admin call goes through the root, then a Retrieve with its seq as min_seq sees its effect through the root', async () => {
     const id = idsOfShard('ryw', 1, 1)[0];
     const req: RetrieveRequestMsg = { attributes: attrs({ campaign: ['ryw-only'] }), num_results: 10 };
