@@ -201,3 +201,38 @@ export function encodeRetrieveResponse(m: RetrieveResponseMessage): Buffer {
   if (m.data_seq !== '' && m.data_seq !== '0') w.uint32(tag(7, VARINT)).uint64(m.data_seq);
   return Buffer.from(w.finish());
 }
+
+let responseType: protobuf.Type | undefined;
+
+/**
+ * Decodes a RetrieveResponse (a shard's answer at the root) straight into the plain shape
+ * encodeRetrieveResponse takes, without proto-loader's object conversion. Throws on bad bytes.
+ */
+export function decodeRetrieveResponse(buf: Uint8Array): RetrieveResponseMessage {
+  responseType ??= protoRoot().lookupType('funnel.v1.RetrieveResponse');
+  const m = responseType.decode(buf) as unknown as {
+    candidates: { ad_id: string; advertiser_id: string; campaign_id: string; category: string; score: number; sources: string[] }[];
+    degraded: boolean;
+    degraded_stages: string[];
+    stages: { name: string; candidates_in: number; candidates_out: number; latency_ms: number; status: string; detail: string; dropped: Record<string, number> }[];
+    request_id: string;
+    pipeline: string;
+    data_seq: unknown;
+  };
+  return {
+    candidates: m.candidates.map((c) => ({ ad_id: c.ad_id, advertiser_id: c.advertiser_id, campaign_id: c.campaign_id, category: c.category, score: c.score, sources: c.sources })),
+    degraded: m.degraded,
+    degraded_stages: m.degraded_stages,
+    stages: m.stages.map((x) => ({ name: x.name, candidates_in: x.candidates_in, candidates_out: x.candidates_out, latency_ms: x.latency_ms, status: x.status, detail: x.detail, dropped: { ...x.dropped } })),
+    request_id: m.request_id,
+    pipeline: m.pipeline,
+    data_seq: String(uint64(m.data_seq)),
+  };
+}
+
+/** `raw` (an encoded RetrieveRequest) with num_results set to `n`: a later occurrence of a scalar field wins. */
+export function withNumResults(raw: Uint8Array, n: number): Buffer {
+  const w = protobuf.Writer.create();
+  w.uint32(tag(5, VARINT)).uint32(n);
+  return Buffer.concat([raw, w.finish()]);
+}

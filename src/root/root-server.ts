@@ -26,6 +26,7 @@ import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema';
 import { packageDefinition, reflectedDefinition } from '../grpc/proto';
+import { decodeRetrieveRequest, encodeRetrieveResponse, withNumResults, type RetrieveResponseMessage } from '../grpc/codec';
 import { RpcError } from '../grpc/validate';
 import { tokenMatches } from '../grpc/server';
 import type { Metrics } from '../telemetry/metrics';
@@ -128,7 +129,16 @@ export class RootServer {
       'grpc.max_connection_age_grace_ms': 30_000,
     });
     const def = packageDefinition();
-    this.server.addService(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition, {
+    // Retrieve: its request bytes are decoded by the codec (and passed to the shards as they
+    // are, with num_results appended), its answer encoded straight to bytes: no proto-loader
+    // object conversion on the hot path.
+    const retrieval = { ...(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
+    retrieval.Retrieve = {
+      ...retrieval.Retrieve,
+      requestDeserialize: (b: Buffer) => b,
+      responseSerialize: (m: RetrieveResponseMessage) => encodeRetrieveResponse(m),
+    };
+    this.server.addService(retrieval, {
       Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)),
       Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call, t) => this.explain(call, t)),
     });
@@ -279,7 +289,7 @@ export class RootServer {
   private async fanOut(
     call: grpc.ServerUnaryCall<unknown, unknown>,
     t: RequestTrace | null,
-    perShard: (g: ShardGroup) => { method: 'Retrieve' | 'Explain'; req: unknown },
+    perShard: (g: ShardGroup) => { method: 'Retrieve' | 'RetrieveRaw' | 'Explain'; req: unknown },
   ): Promise<ShardOutcome<unknown>[]> {
     const deadline = this.deadlineOf(call);
     const metrics = this.telemetry.metrics;
@@ -316,9 +326,13 @@ export class RootServer {
   }
 
   private async retrieve(call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null): Promise<unknown> {
-    const req = (call.request ?? {}) as RetrieveRequestMsg;
+    const raw = call.request as Buffer;
+    const decoded = decodeRetrieveRequest(raw);
+    if (decoded.decodeError) throw new RpcError(grpc.status.INVALID_ARGUMENT, decoded.decodeError);
+    const req: RetrieveRequestMsg = { request_id: decoded.request_id, num_results: decoded.num_results, pipeline: decoded.pipeline, debug: decoded.debug };
     const { n, forShard } = this.shardRequest(req);
-    const outcomes = await this.fanOut(call, t, () => ({ method: 'Retrieve', req: forShard }));
+    const bytes = withNumResults(raw, forShard.num_results!);
+    const outcomes = await this.fanOut(call, t, () => ({ method: 'RetrieveRaw', req: bytes }));
     this.requestError(outcomes);
     const merged = this.merge(
       req,
@@ -445,7 +459,7 @@ export function mergeAnswers(config: Config, req: RetrieveRequestMsg, n: number,
     const o = r.outcome;
     if (!r.response) {
       degraded.add(`shard-${r.shard}`);
-      if (req.debug) stages.push({ name: `shard-${r.shard}`, candidates_in: 0, candidates_out: 0, latency_ms: o.ms, status: o.error?.code === grpc.status.DEADLINE_EXCEEDED ? 'timeout' : 'error', detail: o.error ? `${grpc.status[o.error.code]}: ${o.error.details}` : 'no answer' });
+      if (req.debug) stages.push(stageRow({ name: `shard-${r.shard}`, latency_ms: o.ms, status: o.error?.code === grpc.status.DEADLINE_EXCEEDED ? 'timeout' : 'error', detail: o.error ? `${grpc.status[o.error.code]}: ${o.error.details}` : 'no answer' }));
       continue;
     }
     const resp = r.response;
@@ -454,15 +468,14 @@ export function mergeAnswers(config: Config, req: RetrieveRequestMsg, n: number,
     const seq = Number(resp.data_seq ?? 0);
     dataSeq = dataSeq === null ? seq : Math.min(dataSeq, seq);
     if (req.debug) {
-      stages.push({
+      stages.push(stageRow({
         name: `shard-${r.shard}`,
-        candidates_in: 0,
         candidates_out: resp.candidates?.length ?? 0,
         latency_ms: o.ms,
         status: 'ok',
         detail: `replica=${o.replica} attempts=${o.attempts}${o.hedged ? ` hedged=${o.hedgeWon}` : ''} data_seq=${seq}`,
-      });
-      for (const s of resp.stages ?? []) stages.push({ ...s, name: `shard-${r.shard}/${s.name}` });
+      }));
+      for (const s of resp.stages ?? []) stages.push(stageRow({ ...s, name: `shard-${r.shard}/${s.name}` }));
     }
   }
   all.sort((a, b) => (b.score ?? 0) - (a.score ?? 0) || (a.ad_id < b.ad_id ? -1 : a.ad_id > b.ad_id ? 1 : 0));
@@ -491,10 +504,10 @@ export function mergeAnswers(config: Config, req: RetrieveRequestMsg, n: number,
     }
     perAdvertiser.set(adv, (perAdvertiser.get(adv) ?? 0) + 1);
     perCategory.set(cat, (perCategory.get(cat) ?? 0) + 1);
-    out.push(c);
+    out.push({ ad_id: c.ad_id, advertiser_id: adv, campaign_id: c.campaign_id ?? '', category: cat, score: c.score ?? 0, sources: c.sources ?? [] });
     lastKept = c.score;
   }
-  if (req.debug) stages.push({ name: 'RootMerge', candidates_in: all.length, candidates_out: out.length, latency_ms: performance.now() - started, status: 'ok', detail: `shards=${responses.length} answered=${responses.filter((r) => r.response).length}` });
+  if (req.debug) stages.push(stageRow({ name: 'RootMerge', candidates_in: all.length, candidates_out: out.length, latency_ms: performance.now() - started, status: 'ok', detail: `shards=${responses.length} answered=${responses.filter((r) => r.response).length}` }));
   return {
     response: {
       candidates: out,
@@ -509,6 +522,11 @@ export function mergeAnswers(config: Config, req: RetrieveRequestMsg, n: number,
   };
 }
 
+
+/** A stage row with every field set (the response encoder writes them all). */
+function stageRow(s: Partial<StageStatsMsg> & { name: string }): Required<StageStatsMsg> {
+  return { candidates_in: 0, candidates_out: 0, latency_ms: 0, status: 'ok', detail: '', ...s, dropped: { ...(s.dropped ?? {}) } };
+}
 
 function sumUpsert(answers: unknown[]): unknown {
   let inserted = 0;

@@ -13,6 +13,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import type { RootConfig } from '../config/schema';
+import { decodeRetrieveResponse } from '../grpc/codec';
 import { packageDefinition } from '../grpc/proto';
 
 /** Parses `--shards`: `;` between shards, `,` between the replicas of a shard. */
@@ -63,12 +64,21 @@ export class ReplicaLink {
     return this.serving !== false && now >= this.downUntil;
   }
 
-  /** Calls `method` of `client` ('retrieval' or 'admin'); resolves to the answer or the error, and a cancel. */
+  /**
+   * Calls `method` of `client` ('retrieval' or 'admin'); resolves to the answer or the error, and
+   * a cancel. Method 'RetrieveRaw' sends an encoded RetrieveRequest as it is and decodes the
+   * answer straight into the codec's plain response (no proto-loader conversion either way).
+   */
   call(client: 'retrieval' | 'admin', method: string, req: unknown, md: grpc.Metadata, deadlineMs: number): { done: Promise<{ value?: unknown; error?: grpc.ServiceError }>; cancel(): void } {
     let handle: grpc.ClientUnaryCall | undefined;
     const done = new Promise<{ value?: unknown; error?: grpc.ServiceError }>((resolve) => {
+      const cb: Callback = (err, value) => resolve(err ? { error: err } : { value });
+      if (method === 'RetrieveRaw') {
+        handle = this.retrieval.makeUnaryRequest('/funnel.v1.Retrieval/Retrieve', (b: Buffer) => b, (b: Buffer) => decodeRetrieveResponse(b), req as Buffer, md, { deadline: deadlineMs }, cb);
+        return;
+      }
       const fn = (this[client] as unknown as Record<string, UnaryFn>)[method].bind(this[client]);
-      handle = fn(req, md, { deadline: deadlineMs }, (err, value) => resolve(err ? { error: err } : { value }));
+      handle = fn(req, md, { deadline: deadlineMs }, cb);
     });
     return { done, cancel: () => handle?.cancel() };
   }
