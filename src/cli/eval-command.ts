@@ -233,7 +233,7 @@ export async function runEval(opts: EvalCommandOptions): Promise<number> {
         return 2;
       }
     }
-    return runRootEval(opts, opts.requests!, opts.data!, configs[0].config, token, err);
+    return runRequestEval(opts, opts.requests!, opts.data!, configs, err, { addr: opts.root, token });
   }
   if (opts.adminTokenFile) {
     err('--admin-token-file goes with --root');
@@ -334,48 +334,14 @@ async function runExampleEval(opts: EvalCommandOptions, file: string, configs: {
 }
 
 /** `--requests`: funnel recall against the exhaustive reference; resolves to the exit code. */
-/** `--root`: every request through the cluster's root, against the capped reference over a full copy of the catalog. */
-async function runRootEval(opts: EvalCommandOptions, requestsPath: string, data: string, config: Config, token: string | undefined, err: (m: string) => void): Promise<number> {
-  let state: ServingState;
-  try {
-    state = await ServingState.open(data, config, pino({ level: 'warn' }, pino.destination(2)));
-  } catch (e) {
-    err(e instanceof DataDirError ? e.message : `cannot open ${data}: ${(e as Error).message}`);
-    return 3;
-  }
-  try {
-    const requests: DecodedRetrieve[] = [];
-    let bad = 0;
-    for await (const line of readRequests(requestsPath)) {
-      if (line.request) requests.push(line.request);
-      else if (++bad <= 100) err(`${line.where}: ${line.error}`);
-    }
-    const bar = progress('eval', 'requests');
-    const run = await evaluateThroughRoot(state, config, requests, {
-      addr: opts.root!,
-      token,
-      pipelines: opts.pipeline,
-      numResults: opts.numResults,
-      onProgress: (done, total) => bar.update(done, total),
-      onInvalid: (i, details, count) => {
-        if (count <= 100) err(`request ${i + 1}: ${details}`);
-      },
-    });
-    bar.stop();
-    if (opts.json) for (const s of run.summaries) process.stdout.write(jsonLine(s, { via: 'root', reference: 'capped' }) + '\n');
-    else process.stdout.write(formatReport(run.summaries, [], bad + run.invalid + run.failed));
-    return bad + run.invalid + run.failed > 0 ? 1 : 0;
-  } finally {
-    await state.close();
-  }
-}
-
 async function runRequestEval(
   opts: EvalCommandOptions,
   requestsPath: string,
   data: string,
   configs: { label: string; config: Config }[],
   err: (m: string) => void,
+  /** `--root`: every request goes through the cluster's root, against the capped reference over `data` (a full copy of the catalog). */
+  root?: { addr: string; token?: string },
 ): Promise<number> {
   let state: ServingState;
   try {
@@ -404,14 +370,28 @@ async function runRequestEval(
     if (otherSeq > 0) err(`note: ${otherSeq} of ${requests.length} logged requests were answered at another data sequence than this directory's (${state.seq})`);
     const pipelines = opts.pipeline && opts.pipeline.length > 0 ? opts.pipeline : [undefined];
     const bar = progress('eval', 'requests');
+    const onInvalid = (i: number, details: string, count: number) => {
+      if (count <= 100) err(`request ${i + 1}: ${details}`);
+    };
+    if (root) {
+      const r = await evaluateThroughRoot(state, configs[0].config, requests, {
+        ...root,
+        pipelines,
+        numResults: opts.numResults,
+        onProgress: (done, total) => bar.update(done, total),
+        onInvalid,
+      });
+      bar.stop();
+      if (opts.json) for (const s of r.summaries) process.stdout.write(jsonLine(s, { via: 'root', reference: 'capped' }) + '\n');
+      else process.stdout.write(formatReport(r.summaries, [], bad + r.invalid + r.failed));
+      return bad + r.invalid + r.failed > 0 ? 1 : 0;
+    }
     const run = await evaluateAll(state, configs, requests, {
       pipelines,
       numResults: opts.numResults,
       warmup: opts.warmup,
       onProgress: (done, total) => bar.update(done, total),
-      onInvalid: (i, details, count) => {
-        if (count <= 100) err(`request ${i + 1}: ${details}`);
-      },
+      onInvalid,
     });
     bar.stop();
     const { summaries, diffs } = run;

@@ -102,6 +102,33 @@ export function tokenMatches(presented: string, expected: string): boolean {
   return crypto.timingSafeEqual(a, b);
 }
 
+/** The gRPC server options of a funnel server (the root's too), from the config's limits. */
+export function serverOptions(config: Config): grpc.ServerOptions {
+  return {
+    'grpc.max_receive_message_length': config.limits.max_message_bytes,
+    'grpc.max_send_message_length': Math.max(config.limits.max_message_bytes, 16 << 20),
+    // Clients re-resolve (and find pods the autoscaler added) when a connection ages out.
+    'grpc.max_connection_age_ms': 300_000,
+    'grpc.max_connection_age_grace_ms': 30_000,
+    // Not 'grpc.enable_channelz': 0 (it would save channelz's per-call bookkeeping): in grpc-js
+    // 1.14.7 the server then loses track of its HTTP/2 sessions, forceShutdown leaves them open
+    // and a drained process with a client's health Watch connected lives on for minutes.
+    // One connection cannot flood the server with streams: past the cap its client holds them.
+    ...(config.limits.max_concurrent_streams > 0 && { 'grpc.max_concurrent_streams': config.limits.max_concurrent_streams }),
+  };
+}
+
+/** A Retrieval service definition whose Retrieve takes its request as bytes (for the codec) and encodes its answer directly. */
+export function rawRetrievalService(): grpc.ServiceDefinition {
+  const retrieval = { ...(packageDefinition()['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
+  retrieval.Retrieve = {
+    ...retrieval.Retrieve,
+    requestDeserialize: (b: Buffer) => b,
+    responseSerialize: (m: RetrieveResponseMessage) => encodeRetrieveResponse(m),
+  };
+  return retrieval;
+}
+
 /** The funnel's gRPC server over one serving state. */
 export class FunnelServer {
   private readonly server: grpc.Server;
@@ -134,30 +161,13 @@ export class FunnelServer {
     this.config_ = config;
     this.admission = new AdmissionControl((limit) => telemetry.metrics?.concurrencyLimit(limit));
     telemetry.tracer?.setSampleRatio(config.tracing.sample_ratio);
-    this.server = new grpc.Server({
-      'grpc.max_receive_message_length': config.limits.max_message_bytes,
-      'grpc.max_send_message_length': Math.max(config.limits.max_message_bytes, 16 << 20),
-      // Clients re-resolve (and find pods the autoscaler added) when a connection ages out.
-      'grpc.max_connection_age_ms': 300_000,
-      'grpc.max_connection_age_grace_ms': 30_000,
-      // Not 'grpc.enable_channelz': 0 (it would save channelz's per-call bookkeeping): in grpc-js
-      // 1.14.7 the server then loses track of its HTTP/2 sessions, forceShutdown leaves them open
-      // and a drained process with a client's health Watch connected lives on for minutes.
-      // One connection cannot flood the server with streams: past the cap its client holds them.
-      ...(config.limits.max_concurrent_streams > 0 && { 'grpc.max_concurrent_streams': config.limits.max_concurrent_streams }),
-    });
+    this.server = new grpc.Server(serverOptions(config));
     const def = packageDefinition();
-    const retrieval = { ...(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
     // Retrieve's request reaches the handler as its bytes, decoded by our codec only once the call
     // is admitted (a refusal under overload costs no decoding); the embedding is copied once,
     // straight into a Float32Array. Its answer is encoded straight into bytes, without
     // protobufjs's fromObject pass.
-    retrieval.Retrieve = {
-      ...retrieval.Retrieve,
-      requestDeserialize: (b: Buffer) => b,
-      responseSerialize: (m: RetrieveResponseMessage) => encodeRetrieveResponse(m),
-    };
-    this.server.addService(retrieval, {
+    this.server.addService(rawRetrievalService(), {
       Retrieve: this.unary(
         'funnel.v1.Retrieval',
         'Retrieve',

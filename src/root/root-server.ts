@@ -26,9 +26,9 @@ import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema';
 import { packageDefinition, reflectedDefinition } from '../grpc/proto';
-import { decodeRetrieveRequest, encodeRetrieveResponse, withNumResults, type RetrieveResponseMessage } from '../grpc/codec';
+import { decodeRetrieveRequest, withNumResults } from '../grpc/codec';
 import { RpcError } from '../grpc/validate';
-import { tokenMatches } from '../grpc/server';
+import { rawRetrievalService, serverOptions, tokenMatches } from '../grpc/server';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
 import { extractContext } from '../telemetry/tracing';
@@ -122,23 +122,11 @@ export class RootServer {
   ) {
     this.config_ = config;
     this.groups = options.shards.map((replicas, i) => new ShardGroup(i, replicas.map((a) => new ReplicaLink(a))));
-    this.server = new grpc.Server({
-      'grpc.max_receive_message_length': config.limits.max_message_bytes,
-      'grpc.max_send_message_length': Math.max(config.limits.max_message_bytes, 16 << 20),
-      'grpc.max_connection_age_ms': 300_000,
-      'grpc.max_connection_age_grace_ms': 30_000,
-    });
+    this.server = new grpc.Server(serverOptions(config));
     const def = packageDefinition();
     // Retrieve: its request bytes are decoded by the codec (and passed to the shards as they
-    // are, with num_results appended), its answer encoded straight to bytes: no proto-loader
-    // object conversion on the hot path.
-    const retrieval = { ...(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition) };
-    retrieval.Retrieve = {
-      ...retrieval.Retrieve,
-      requestDeserialize: (b: Buffer) => b,
-      responseSerialize: (m: RetrieveResponseMessage) => encodeRetrieveResponse(m),
-    };
-    this.server.addService(retrieval, {
+    // are, with num_results appended), its answer encoded straight to bytes.
+    this.server.addService(rawRetrievalService(), {
       Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)),
       Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call, t) => this.explain(call, t)),
     });

@@ -45,24 +45,13 @@ import {
   type RetrieveRequestMsg,
 } from '../fixtures/e2e-server';
 import { invariantViolations, type OracleRow, type ReportedSpend } from '../fixtures/eligibility-oracle';
+import { rng } from '../fixtures/vectors';
 
 const DIM = 4;
 const ADS = 400;
 const SHARDS = 2;
 const COUNTRIES = ['US', 'CA', 'DE'];
 const PLATFORMS = ['ios', 'android', 'web'];
-
-/** A small seeded generator (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A catalog with targeting, paused ads, ended flights and budgets. */
 function catalogRows(): Record<string, unknown>[] {
