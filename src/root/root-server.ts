@@ -307,8 +307,8 @@ export class RootServer {
     }
   }
 
-  private merge(req: RetrieveRequestMsg, n: number, responses: ShardAnswer[]): Merged {
-    const merged = mergeAnswers(this.config_, req, n, responses);
+  private merge(req: RetrieveRequestMsg, n: number, responses: ShardAnswer[], explain = false): Merged {
+    const merged = mergeAnswers(this.config_, req, n, responses, explain);
     for (const r of responses) if (!r.response) this.telemetry.metrics?.shardDegraded(r.shard);
     return merged;
   }
@@ -353,6 +353,7 @@ export class RootServer {
         response: (o.value ? (owned[o.shard].length > 0 ? (o.value as { response?: RetrieveResponseMsg }).response : (o.value as RetrieveResponseMsg)) : undefined) ?? undefined,
         outcome: o,
       })),
+      true,
     );
     const position = new Map<string, number>();
     (merged.response.candidates ?? []).forEach((c, i) => position.set(c.ad_id, i + 1));
@@ -434,7 +435,7 @@ export class RootServer {
  * shard's own rows as `shard-I/<Stage>`) and one for the merge. `cut` says why each ad a
  * shard returned was left out.
  */
-export function mergeAnswers(config: Config, req: RetrieveRequestMsg, n: number, responses: ShardAnswer[]): Merged {
+export function mergeAnswers(config: Config, req: RetrieveRequestMsg, n: number, responses: ShardAnswer[], explain = false): Merged {
   const started = performance.now();
   const pipelineName = responses.find((r) => r.response?.pipeline)?.response?.pipeline || req.pipeline || config.default_pipeline;
   const pipeline = config.pipelines[pipelineName] ?? config.pipelines[config.default_pipeline];
@@ -479,15 +480,17 @@ export function mergeAnswers(config: Config, req: RetrieveRequestMsg, n: number,
     const adv = c.advertiser_id ?? '';
     const cat = c.category ?? '';
     if (out.length >= n) {
+      // Only Explain reads why an ad was cut: a Retrieve skips the strings (and their garbage).
+      if (!explain) break;
       cut.set(c.ad_id, { reason: 'below_cutoff', detail: `score ${fmt(c.score)} below the last of the ${n} kept across shards (${fmt(lastKept)})` });
       continue;
     }
     if ((perAdvertiser.get(adv) ?? 0) >= div.max_per_advertiser) {
-      cut.set(c.ad_id, { reason: 'advertiser_cap', detail: `advertiser ${adv} already has ${div.max_per_advertiser} better-scored ads across shards (max_per_advertiser)` });
+      if (explain) cut.set(c.ad_id, { reason: 'advertiser_cap', detail: `advertiser ${adv} already has ${div.max_per_advertiser} better-scored ads across shards (max_per_advertiser)` });
       continue;
     }
     if ((perCategory.get(cat) ?? 0) >= div.max_per_category) {
-      cut.set(c.ad_id, { reason: 'category_cap', detail: `category ${cat} already has ${div.max_per_category} better-scored ads across shards (max_per_category)` });
+      if (explain) cut.set(c.ad_id, { reason: 'category_cap', detail: `category ${cat} already has ${div.max_per_category} better-scored ads across shards (max_per_category)` });
       continue;
     }
     perAdvertiser.set(adv, (perAdvertiser.get(adv) ?? 0) + 1);

@@ -15,12 +15,14 @@ describe('root/root-server mergeAnswers', () => {
   const config = defaultConfig();
 
   it('when two shards answer, then candidates are merged best first across shards and cut at N', () => {
-    const m = mergeAnswers(config, {}, 3, [answer(0, [cand('a', 9), cand('b', 5), cand('c', 1)]), answer(1, [cand('d', 7), cand('e', 6)])]);
+    const m = mergeAnswers(config, {}, 3, [answer(0, [cand('a', 9), cand('b', 5), cand('c', 1)]), answer(1, [cand('d', 7), cand('e', 6)])], true);
     assert.deepEqual(m.response.candidates!.map((c) => c.ad_id), ['a', 'd', 'e']);
     assert.equal(m.response.degraded, false);
     assert.equal(m.cut.get('b')!.reason, 'below_cutoff');
     assert.equal(m.cut.get('c')!.reason, 'below_cutoff');
     assert.equal(m.response.data_seq, '10');
+    // A Retrieve (not Explain) keeps no reasons.
+    assert.equal(mergeAnswers(config, {}, 3, [answer(0, [cand('a', 9), cand('b', 5)]), answer(1, [cand('d', 7), cand('e', 6)])]).cut.size, 0);
   });
 
   it('when ties meet, then the order is by ad_id, so the answer does not depend on which shard answered first', () => {
@@ -32,7 +34,7 @@ describe('root/root-server mergeAnswers', () => {
 
   it('when an advertiser or category fills its cap on two shards together, then the caps hold across shards', () => {
     const c = parseConfigObject({ pipelines: { default: { stages: { Diversifier: { max_per_advertiser: 1, max_per_category: 2 } } } } });
-    const m = mergeAnswers(c, {}, 10, [answer(0, [cand('a', 9, 'X', 'k'), cand('b', 8, 'Y', 'k')]), answer(1, [cand('c', 8.5, 'X', 'm'), cand('d', 7, 'Z', 'k'), cand('e', 6, 'W', 'm')])]);
+    const m = mergeAnswers(c, {}, 10, [answer(0, [cand('a', 9, 'X', 'k'), cand('b', 8, 'Y', 'k')]), answer(1, [cand('c', 8.5, 'X', 'm'), cand('d', 7, 'Z', 'k'), cand('e', 6, 'W', 'm')])], true);
     assert.deepEqual(m.response.candidates!.map((x) => x.ad_id), ['a', 'b', 'e']);
     assert.equal(m.cut.get('c')!.reason, 'advertiser_cap');
     assert.equal(m.cut.get('d')!.reason, 'category_cap');
