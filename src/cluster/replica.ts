@@ -34,7 +34,7 @@ import type { Logger } from 'pino';
 import type { ClusterConfig, Config } from '../config/schema';
 import { CatalogStore, DataDirError } from '../store/catalog-store';
 import type { ServingState } from '../serving/state';
-import { PopularityState, type ResolvedEvent } from '../serving/popularity';
+import { PopularityState } from '../serving/popularity';
 import { BadMessage, decodeMessage, encodeMessage, type StreamMessage } from './messages';
 import { shardSubject, type ShardSpec } from './shard';
 
@@ -280,7 +280,7 @@ export class Replica {
     // The state read the store after bootstrap: nothing in between was applied elsewhere.
     if (this.js) void this.startConsuming();
     else
-      void this.whenConnected().then(() => {
+      void this.connect().then(() => {
         if (!this.closed) void this.startConsuming();
       });
   }
@@ -310,10 +310,6 @@ export class Replica {
       })();
     })();
     return this.connecting;
-  }
-
-  private whenConnected(): Promise<void> {
-    return this.connect();
   }
 
   /**
@@ -477,11 +473,8 @@ export class Replica {
   }
 
   private markStream(seq: number, parked?: Parameters<CatalogStore['markStream']>[1]): Promise<void> {
-    if (this.state) {
-      const store = this.state.store;
-      return this.state.markStream(() => store.markStream(seq, parked));
-    }
-    return this.store!.markStream(seq, parked);
+    const store = this.state ? this.state.store : this.store!;
+    return this.markStreamWith(() => store.markStream(seq, parked));
   }
 
   /** Applies one validated message, tagged with its stream sequence number, to the state or (before serving) the store. */
@@ -515,8 +508,12 @@ export class Replica {
           const r = await st.reportSpend(m.entries, { nowMs: m.time_ms, stream: seq });
           return { kind: m.kind, count: r.count, unknown: r.unknown };
         }
-        const known = m.entries.filter((e) => store.getAd(e.ad_id));
-        const unknown = m.entries.filter((e) => !store.getAd(e.ad_id)).map((e) => e.ad_id);
+        const known: typeof m.entries = [];
+        const unknown: string[] = [];
+        for (const e of m.entries) {
+          if (store.getAd(e.ad_id)) known.push(e);
+          else unknown.push(e.ad_id);
+        }
         const r = await store.reportSpend(known, m.time_ms, seq);
         return { kind: m.kind, count: r.applied, unknown };
       }
@@ -528,19 +525,8 @@ export class Replica {
         // Before serving: the same popularity plan the serving state makes, from the stored sums.
         this.popularityPlanner ??= new PopularityState(this.config.popularity);
         const planner = this.popularityPlanner;
-        const resolved: ResolvedEvent[] = [];
-        const known = [];
-        const unknown: string[] = [];
-        for (const e of m.events) {
-          const rec = store.getAd(e.ad_id);
-          if (!rec) {
-            unknown.push(e.ad_id);
-            continue;
-          }
-          known.push(e);
-          resolved.push({ id: rec.id, adId: e.ad_id, click: e.type === 'CLICK', timestampMs: e.timestamp_ms, segments: planner.segmentsOf(e.attributes) });
-        }
-        const r = await store.recordEvents(known, (stored) => planner.plan(resolved, stored).map((u) => ({ adId: u.adId, segment: u.segment, record: u.record })), seq);
+        const { resolved, known, unknown } = planner.resolve(m.events, (adId) => store.getAd(adId)?.id ?? -1);
+        const r = await store.recordEvents(known, (stored) => planner.plan(resolved, stored), seq);
         return { kind: m.kind, count: r.applied, unknown };
       }
       case 'ingest_begin':
@@ -575,6 +561,7 @@ export class Replica {
     }
   }
 
+  /** Runs a store write that changes no served data: under the serving state's write lock once serving. */
   private markStreamWith(run: () => Promise<void>): Promise<void> {
     return this.state ? this.state.markStream(run) : run();
   }

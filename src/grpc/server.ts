@@ -95,8 +95,17 @@ function toStatus(err: unknown): { code: grpc.status; details: string } {
 }
 
 /** Constant-time comparison of a presented token with the configured one. */
+/** Throws UNAUTHENTICATED unless `metadata` carries `authorization: Bearer <token>` with this token. */
+export function checkBearer(metadata: grpc.Metadata, token: string): void {
+  const header = metadata.get('authorization')[0];
+  const value = typeof header === 'string' ? header : header?.toString('utf8');
+  const m = value ? /^Bearer\s+(.+)$/i.exec(value.trim()) : null;
+  if (!m) throw new RpcError(grpc.status.UNAUTHENTICATED, 'Admin calls need "authorization: Bearer <token>" metadata');
+  if (!tokenMatches(m[1], token)) throw new RpcError(grpc.status.UNAUTHENTICATED, 'the bearer token does not match');
+}
+
 /** Constant-time comparison of a presented bearer token with the expected one. */
-export function tokenMatches(presented: string, expected: string): boolean {
+function tokenMatches(presented: string, expected: string): boolean {
   const a = crypto.createHash('sha256').update(presented).digest();
   const b = crypto.createHash('sha256').update(expected).digest();
   return crypto.timingSafeEqual(a, b);
@@ -407,11 +416,7 @@ export class FunnelServer {
     if (token === undefined) {
       throw new RpcError(grpc.status.UNAUTHENTICATED, 'Admin is disabled: the server has no --admin-token-file and no mutual TLS');
     }
-    const header = call.metadata.get('authorization')[0];
-    const value = typeof header === 'string' ? header : header?.toString('utf8');
-    const m = value ? /^Bearer\s+(.+)$/i.exec(value.trim()) : null;
-    if (!m) throw new RpcError(grpc.status.UNAUTHENTICATED, 'Admin calls need "authorization: Bearer <token>" metadata');
-    if (!tokenMatches(m[1], token)) throw new RpcError(grpc.status.UNAUTHENTICATED, 'the bearer token does not match');
+    checkBearer(call.metadata, token);
   }
 
   private async retrieve(call: grpc.ServerUnaryCall<Buffer, unknown>, t: CallTrace, permit?: Permit): Promise<unknown> {

@@ -28,7 +28,7 @@ import type { Config } from '../config/schema';
 import { packageDefinition, reflectedDefinition } from '../grpc/proto';
 import { decodeRetrieveRequest, withNumResults } from '../grpc/codec';
 import { RpcError } from '../grpc/validate';
-import { rawRetrievalService, serverOptions, tokenMatches } from '../grpc/server';
+import { checkBearer, rawRetrievalService, serverOptions } from '../grpc/server';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
 import { extractContext } from '../telemetry/tracing';
@@ -234,13 +234,7 @@ export class RootServer {
 
   /** Admin and Explain: the bearer token, when the root was given one. */
   private authorize(call: grpc.ServerUnaryCall<unknown, unknown>): void {
-    const token = this.options.adminToken;
-    if (token === undefined) return;
-    const header = call.metadata.get('authorization')[0];
-    const value = typeof header === 'string' ? header : header?.toString('utf8');
-    const m = value ? /^Bearer\s+(.+)$/i.exec(value.trim()) : null;
-    if (!m) throw new RpcError(grpc.status.UNAUTHENTICATED, 'Admin calls need "authorization: Bearer <token>" metadata');
-    if (!tokenMatches(m[1], token)) throw new RpcError(grpc.status.UNAUTHENTICATED, 'the bearer token does not match');
+    if (this.options.adminToken !== undefined) checkBearer(call.metadata, this.options.adminToken);
   }
 
   private deadlineOf(call: grpc.ServerUnaryCall<unknown, unknown>): number {

@@ -6,6 +6,7 @@
  */
 import type { PopularityConfig } from '../config/schema';
 import type { PopularityView } from '../pipeline/types';
+import type { EngagementEvent } from '../store/catalog-store';
 
 /** Persisted counters of one (ad, segment): log2-domain decayed sums at half-life `hl` seconds. */
 export interface PopularityRecord {
@@ -323,6 +324,29 @@ export class PopularityState implements PopularityView {
     let s = this.segments.get(key);
     if (!s) this.segments.set(key, (s = new Segment()));
     return s;
+  }
+
+  /**
+   * Splits engagement events into those of known ads (`idOf` >= 0), resolved for plan(), and the
+   * ad_ids of unknown ones.
+   */
+  resolve<E extends EngagementEvent & { attributes: Readonly<Record<string, readonly string[]>> }>(
+    events: ReadonlyArray<E>,
+    idOf: (adId: string) => number,
+  ): { resolved: ResolvedEvent[]; known: E[]; unknown: string[] } {
+    const resolved: ResolvedEvent[] = [];
+    const known: E[] = [];
+    const unknown: string[] = [];
+    for (const e of events) {
+      const id = idOf(e.ad_id);
+      if (id < 0) {
+        unknown.push(e.ad_id);
+        continue;
+      }
+      known.push(e);
+      resolved.push({ id, adId: e.ad_id, click: e.type === 'CLICK', timestampMs: e.timestamp_ms, segments: this.segmentsOf(e.attributes) });
+    }
+    return { resolved, known, unknown };
   }
 
   /** The segment keys of an event's attributes under the configured segment attributes. */

@@ -14,7 +14,7 @@ import { syncAnnIndex, annPath } from '../store/ann-sync';
 import type { CatalogRow } from '../store/catalog-schema';
 import { CatalogStore, utcDay, type AdRecord, type AnnSettings, type EngagementEvent } from '../store/catalog-store';
 import { AdTable, epochDay } from './ad-table';
-import { PopularityState, type PopularityRecord, type PopularityUpdate, type ResolvedEvent } from './popularity';
+import { PopularityState, type PopularityRecord, type PopularityUpdate } from './popularity';
 import { PriorOrder } from './prior-order';
 
 /** Log sink of the state (pino-compatible subset). */
@@ -521,18 +521,7 @@ export class ServingState implements ServingView {
     stream?: number,
   ): Promise<WriteOutcome> {
     return this.write(async () => {
-      const resolved: ResolvedEvent[] = [];
-      const known: EngagementEvent[] = [];
-      const unknown: string[] = [];
-      for (const e of events) {
-        const id = this.ads.idOf(e.ad_id);
-        if (id < 0) {
-          unknown.push(e.ad_id);
-          continue;
-        }
-        known.push(e);
-        resolved.push({ id, adId: e.ad_id, click: e.type === 'CLICK', timestampMs: e.timestamp_ms, segments: this.popularity.segmentsOf(e.attributes) });
-      }
+      const { resolved, known, unknown } = this.popularity.resolve(events, (adId) => this.ads.idOf(adId));
       // Planned from the stored sums inside the transaction: another process may have added to them.
       let updates: PopularityUpdate[] = [];
       const r = await this.store.recordEvents(known, (stored) => (updates = this.popularity.plan(resolved, stored)), stream);
