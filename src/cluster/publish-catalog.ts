@@ -10,13 +10,11 @@
  * staging area the next ingest_begin discards. Chunks are about 256 KiB; every message carries
  * a NATS message id derived from the ingest id, so a retried publish is stored once.
  */
-import * as fs from 'node:fs';
-import * as readline from 'node:readline';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { ClusterConfig } from '../config/schema';
-import { parseCatalogLine, type CatalogRow, type RowIssue } from '../store/catalog-schema';
-import { IngestError, MAX_REPORTED_ERRORS, type RowError } from '../store/ingest';
+import type { CatalogRow } from '../store/catalog-schema';
+import { IngestError, scanCatalog } from '../store/ingest';
 import type { AnnSettings } from '../store/catalog-store';
 import { encodeMessage, rowToWire } from './messages';
 import { connectStream } from './replica';
@@ -51,56 +49,17 @@ export interface PublishCatalogResult {
   seconds: { validate: number; publish: number; total: number };
 }
 
-async function* rowsOf(file: string, onLine?: (bytes: number, rows: number) => void): AsyncGenerator<{ line: number; text: string }> {
-  const input = fs.createReadStream(file, { encoding: 'utf8', highWaterMark: 1 << 20 });
-  const lines = readline.createInterface({ input, crlfDelay: Infinity });
-  let n = 0;
-  let bytes = 0;
-  let rows = 0;
-  for await (const text of lines) {
-    n++;
-    bytes += Buffer.byteLength(text, 'utf8') + 1;
-    if (text.trim() === '') continue;
-    rows++;
-    if ((rows & 1023) === 0) onLine?.(bytes, rows);
-    yield { line: n, text };
-  }
-}
-
 /** Validates `file` in full, then publishes it to the stream. Throws IngestError (nothing published) on bad rows. */
 export async function publishCatalog(file: string, options: PublishCatalogOptions): Promise<PublishCatalogResult> {
   const t0 = Date.now();
-  let size: number;
-  try {
-    size = fs.statSync(file).size;
-  } catch (err) {
-    throw new Error(`cannot read catalog ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
-  // Pass 1: validate everything; nothing is published unless every row is good.
-  const errors: RowError[] = [];
-  const seen = new Set<string>();
+  // Pass 1: validate everything (as an ingest does); nothing is published unless every row is good.
   const perShard = new Array<number>(options.shards).fill(0);
-  let bad = 0;
-  let rows = 0;
-  let dim: number | undefined;
-  const report = (line: number, issues: RowIssue[]) => {
-    bad++;
-    for (const i of issues) if (errors.length < MAX_REPORTED_ERRORS) errors.push({ line, ...i });
-  };
-  for await (const { line, text } of rowsOf(file, (b, r) => options.progress?.read?.(b, size, r))) {
-    rows++;
-    const parsed = parseCatalogLine(text, dim);
-    if ('issues' in parsed) report(line, parsed.issues);
-    else if (seen.has(parsed.row.ad_id)) report(line, [{ field: 'ad_id', reason: `duplicate ad_id ${parsed.row.ad_id} (already on an earlier line)` }]);
-    else {
-      seen.add(parsed.row.ad_id);
-      dim ??= parsed.row.embedding.length;
-      perShard[shardOf(parsed.row.ad_id, options.shards)]++;
-    }
-  }
-  options.progress?.read?.(size, size, rows);
-  if (bad > 0) throw new IngestError(errors, bad, file);
-  seen.clear();
+  const { rows } = await scanCatalog(file, {
+    onRow: (row) => {
+      perShard[shardOf(row.ad_id, options.shards)]++;
+    },
+    progress: (bytes, total, n) => options.progress?.read?.(bytes, total, n),
+  });
   const validated = Date.now();
 
   // Pass 2: publish, shard by shard subject, in file order.
@@ -138,14 +97,19 @@ export async function publishCatalog(file: string, options: PublishCatalogOption
       options.progress?.publish?.(published, rows);
       pending[s] = { rows: [], bytes: 0 };
     };
-    for await (const { text } of rowsOf(file)) {
-      const parsed = parseCatalogLine(text, dim);
-      if ('issues' in parsed) throw new Error(`${file} changed while it was published: a row that validated no longer does; the replicas discard the unfinished ingest at the next one`);
-      const s = shardOf(parsed.row.ad_id, options.shards);
-      const p = pending[s];
-      p.rows.push(parsed.row);
-      p.bytes += JSON.stringify(rowToWire(parsed.row)).length + 1;
-      if (p.bytes >= CHUNK_BYTES) await flush(s);
+    try {
+      await scanCatalog(file, {
+        onRow: (row) => {
+          const s = shardOf(row.ad_id, options.shards);
+          const p = pending[s];
+          p.rows.push(row);
+          p.bytes += JSON.stringify(rowToWire(row)).length + 1;
+          if (p.bytes >= CHUNK_BYTES) return flush(s);
+        },
+      });
+    } catch (err) {
+      if (!(err instanceof IngestError)) throw err;
+      throw new Error(`${file} changed while it was published: a row that validated no longer does; the replicas discard the unfinished ingest at the next one`);
     }
     for (let s = 0; s < options.shards; s++) await flush(s);
     // Every chunk must be in the stream before any commit: a commit's replica applies all or nothing.

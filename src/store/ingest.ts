@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
 import { syncAnnIndex, type AnnSyncResult } from './ann-sync';
-import { parseCatalogLine, type RowIssue } from './catalog-schema';
+import { parseCatalogLine, type CatalogRow, type RowIssue } from './catalog-schema';
 import { CatalogStore, type AnnSettings, type WriteResult } from './catalog-store';
 
 /** Most bad rows reported (the contract's "up to the first 100"). */
@@ -61,61 +61,100 @@ export interface IngestOptions {
 
 const STAGE_BATCH = 2000;
 
+/** Options of {@link scanCatalog}. */
+export interface ScanOptions {
+  /** The catalog's embedding dimension, when known (else the first good row sets it). */
+  dim?: number;
+  /** Each good row with its 1-based line number, in file order, until the first bad row; a promise returned is awaited. */
+  onRow?(row: CatalogRow, line: number): void | Promise<unknown>;
+  /** Bytes read of the file's size and rows seen, every 1,024 rows and at the end. */
+  progress?(bytes: number, totalBytes: number, rows: number): void;
+}
+
+/**
+ * Reads a catalog file line by line (never whole) and validates every row as an ingest does:
+ * the row schema, the dimension, duplicate ad_ids. Good rows go to `onRow` until a bad one is
+ * seen (nothing will be applied then, but validation goes on to report every bad row). Resolves
+ * to the rows read; throws IngestError (the first 100 bad rows, and their count) if any was bad.
+ */
+export async function scanCatalog(file: string, options: ScanOptions = {}): Promise<{ rows: number }> {
+  const size = catalogSize(file);
+  let dim = options.dim;
+  const seen = new Set<string>();
+  const errors: RowError[] = [];
+  let bad = 0;
+  let rows = 0;
+  let lineNo = 0;
+  let bytes = 0;
+  const input = fs.createReadStream(file, { encoding: 'utf8', highWaterMark: 1 << 20 });
+  const lines = readline.createInterface({ input, crlfDelay: Infinity });
+  const report = (line: number, issues: RowIssue[]) => {
+    bad++;
+    for (const i of issues) if (errors.length < MAX_REPORTED_ERRORS) errors.push({ line, ...i });
+  };
+  for await (const line of lines) {
+    lineNo++;
+    bytes += Buffer.byteLength(line, 'utf8') + 1;
+    if (line.trim() === '') continue;
+    rows++;
+    const parsed = parseCatalogLine(line, dim);
+    if ('issues' in parsed) {
+      report(lineNo, parsed.issues);
+    } else if (seen.has(parsed.row.ad_id)) {
+      report(lineNo, [{ field: 'ad_id', reason: `duplicate ad_id ${parsed.row.ad_id} (already on an earlier line)` }]);
+    } else {
+      seen.add(parsed.row.ad_id);
+      dim ??= parsed.row.embedding.length;
+      if (bad === 0 && options.onRow) {
+        const p = options.onRow(parsed.row, lineNo);
+        if (p) await p;
+      }
+    }
+    if ((rows & 1023) === 0) options.progress?.(bytes, size, rows);
+  }
+  options.progress?.(size, size, rows);
+  if (bad > 0) throw new IngestError(errors, bad, file);
+  return { rows };
+}
+
+/** The catalog file's size in bytes; throws an Error naming the file when it cannot be read. */
+function catalogSize(file: string): number {
+  try {
+    return fs.statSync(file).size;
+  } catch (err) {
+    throw new Error(`cannot read catalog ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
 /** Ingests `file` into the data directory `dir` (created if missing). Throws IngestError on bad rows. */
 export async function ingestCatalog(file: string, dir: string, options: IngestOptions = {}): Promise<IngestResult> {
   const t0 = process.hrtime.bigint();
   const since = (t: bigint) => Number(process.hrtime.bigint() - t) / 1e9;
-  let size: number;
-  try {
-    size = fs.statSync(file).size;
-  } catch (err) {
-    throw new Error(`cannot read catalog ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
+  // Checked before the directory is created.
+  catalogSize(file);
   const store = CatalogStore.open(dir, { create: true });
   try {
     await store.clearStaging();
-    let dim = options.replace ? undefined : (store.dim ?? undefined);
-    const seen = new Set<string>();
-    const errors: RowError[] = [];
-    let bad = 0;
-    let rows = 0;
-    let lineNo = 0;
-    let bytes = 0;
     let pending: Promise<boolean>[] = [];
-    const input = fs.createReadStream(file, { encoding: 'utf8', highWaterMark: 1 << 20 });
-    const lines = readline.createInterface({ input, crlfDelay: Infinity });
-    const report = (line: number, issues: RowIssue[]) => {
-      bad++;
-      for (const i of issues) if (errors.length < MAX_REPORTED_ERRORS) errors.push({ line, ...i });
-    };
-    for await (const line of lines) {
-      lineNo++;
-      bytes += Buffer.byteLength(line, 'utf8') + 1;
-      if (line.trim() === '') continue;
-      rows++;
-      const parsed = parseCatalogLine(line, dim);
-      if ('issues' in parsed) {
-        report(lineNo, parsed.issues);
-      } else if (seen.has(parsed.row.ad_id)) {
-        report(lineNo, [{ field: 'ad_id', reason: `duplicate ad_id ${parsed.row.ad_id} (already on an earlier line)` }]);
-      } else {
-        seen.add(parsed.row.ad_id);
-        dim ??= parsed.row.embedding.length;
-        // Once a row is bad nothing will be applied: keep validating, stop staging.
-        if (bad === 0) pending.push(store.stage(lineNo, parsed.row));
-      }
-      if (pending.length >= STAGE_BATCH) {
-        await Promise.all(pending);
-        pending = [];
-      }
-      if ((rows & 1023) === 0) options.progress?.read?.(bytes, size, rows);
+    let rows: number;
+    try {
+      ({ rows } = await scanCatalog(file, {
+        dim: options.replace ? undefined : (store.dim ?? undefined),
+        onRow: (row, line) => {
+          pending.push(store.stage(line, row));
+          if (pending.length < STAGE_BATCH) return;
+          const batch = pending;
+          pending = [];
+          return Promise.all(batch);
+        },
+        progress: (bytes, total, rows) => options.progress?.read?.(bytes, total, rows),
+      }));
+    } catch (err) {
+      await Promise.all(pending);
+      if (err instanceof IngestError) await store.clearStaging();
+      throw err;
     }
     await Promise.all(pending);
-    options.progress?.read?.(size, size, rows);
-    if (bad > 0) {
-      await store.clearStaging();
-      throw new IngestError(errors, bad, file);
-    }
     const readSeconds = since(t0);
 
     const t1 = process.hrtime.bigint();
