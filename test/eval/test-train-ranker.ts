@@ -22,7 +22,7 @@ import {
   type FeatureName,
 } from '../../src/eval/train-ranker';
 import type { RankerFeatures, RankerWeights } from '../../src/stages/ranking/early-ranker';
-import { lcg } from '../fixtures/examples';
+import { drawFeatures, lcg } from '../fixtures/examples';
 
 /** The reference script's dataset: same draws in the same order. */
 function referenceDataset(n: number, seed: number): Dataset {
@@ -164,15 +164,7 @@ describe('train-ranker fit', () => {
     const u = lcg(7);
     const d = new Dataset();
     for (let i = 0; i < 200_000; i++) {
-      const f: RankerFeatures = {
-        ann_similarity: 2 * u() - 1,
-        ctr_prior_logit: -5 + 4 * u(),
-        popularity_rate: 0.05 * u(),
-        quality: u(),
-        source_ann: u() < 0.5 ? 1 : 0,
-        source_targeting: u() < 0.5 ? 1 : 0,
-        source_popularity: u() < 0.3 ? 1 : 0,
-      };
+      const f = drawFeatures(u);
       let eta = truth.bias;
       for (const k of FEATURE_NAMES) eta += truth[k] * f[k];
       d.push(f, u() < 1 / (1 + Math.exp(-eta)) ? 1 : 0);

@@ -1,22 +1,11 @@
 import { strict as assert } from 'node:assert';
 import { popularitySchema } from '../../src/config/schema';
 import { PopularityState, logAddExp2, type PopularityRecord, type PopularityUpdate, type ResolvedEvent } from '../../src/serving/popularity';
+import { rng as prng } from '../fixtures/vectors';
 
 const H = 3600;
 const cfg = (o: Record<string, unknown> = {}) => popularitySchema.parse({ half_life_s: H, ...o });
 const ev = (id: number, click: boolean, t: number, segments: string[] = []): ResolvedEvent => ({ id, adId: `a${id}`, click, timestampMs: t, segments });
-
-/** Deterministic PRNG (mulberry32) in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** Asserts equal id lists, naming the first difference (a deepEqual diff of thousands of ids takes minutes). */
 function assertSameOrder(got: ArrayLike<number>, want: readonly number[], what: string): void {
