@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { readJsonLines } from '../telemetry/feature-log';
+import { readJsonValues } from '../telemetry/feature-log';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import pino from 'pino';
@@ -62,15 +62,11 @@ export async function* readRequests(file: string): AsyncGenerator<RequestLine> {
     for await (const l of readRequestLog(file)) yield { where: `${l.file}:${l.line}`, request: l.request, error: l.error, dataSeq: l.entry?.data_seq };
     return;
   }
-  for await (const line of readJsonLines([{ file }])) {
-    const where = `${line.file}:${line.line}`;
-    // A file that cannot be read is an I/O failure of the run, not a bad line.
-    if (line.io) throw new Error(line.error);
-    if (line.error !== undefined) {
-      yield { where, error: line.error };
+  for await (const { where, value: obj, error } of readJsonValues(file)) {
+    if (error !== undefined) {
+      yield { where, error };
       continue;
     }
-    const obj = line.value;
     if (obj !== null && typeof obj === 'object' && !Array.isArray(obj) && 'request' in obj) {
       // A request-log line, read as the log reader reads it.
       const l = readLoggedRequest(obj);

@@ -4,7 +4,7 @@
  * weights, or the ONNX model on the serving model worker), and measured: log-loss, AUC, mean
  * predicted pCTR against the observed click rate, and a calibration table.
  */
-import { readJsonLines } from '../telemetry/feature-log';
+import { readJsonValues } from '../telemetry/feature-log';
 import type { Config, PipelineConfig } from '../config/schema';
 import { FALLBACK_NOTE, type StageContext } from '../pipeline/types';
 import { pctr, writeFeatures, type RankerFeatures } from '../stages/ranking/early-ranker';
@@ -28,15 +28,11 @@ export interface ExampleLine {
 
 /** Reads a JSON Lines file of examples; blank lines are skipped, bad ones yielded with their reason. */
 export async function* readExampleLines(file: string): AsyncGenerator<ExampleLine> {
-  for await (const line of readJsonLines([{ file }])) {
-    const where = `${line.file}:${line.line}`;
-    // A file that cannot be read is an I/O failure of the run, not a bad line.
-    if (line.io) throw new Error(line.error);
-    if (line.error !== undefined) {
-      yield { where, error: line.error };
+  for await (const { where, value: obj, error } of readJsonValues(file)) {
+    if (error !== undefined) {
+      yield { where, error };
       continue;
     }
-    const obj = line.value;
     try {
       const e = parseExample(obj);
       const p = (obj as Record<string, unknown>).pipeline;

@@ -417,6 +417,17 @@ export async function* readJsonLines(files: readonly FileRange[], onBytes?: (fil
   }
 }
 
+/**
+ * The JSON values of one file, each with its `FILE:LINE`: a line that is not JSON comes with its
+ * error; a file that cannot be read throws (an I/O failure of the run, not a bad line).
+ */
+export async function* readJsonValues(file: string): AsyncGenerator<{ where: string; value?: unknown; error?: string }> {
+  for await (const line of readJsonLines([{ file }])) {
+    if (line.io) throw new Error(line.error);
+    yield { where: `${line.file}:${line.line}`, value: line.value, error: line.error };
+  }
+}
+
 /** Reads feature-log rows from `files` (featureLogFiles), each checked by readFeatureLogRow; never throws. */
 export async function* readFeatureLog(files: readonly FileRange[], onBytes?: (file: string, bytes: number) => void): AsyncGenerator<FeatureLogLine> {
   for await (const l of readJsonLines(files, onBytes)) {

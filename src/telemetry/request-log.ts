@@ -7,9 +7,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
 import type { DecodedRetrieve } from '../grpc/codec';
 import { retrieveFromJson, retrieveToJson } from '../grpc/request-json';
+import { readJsonLines } from './feature-log';
 import { RotatingLog, type LogWarner, type RotatingLogStats } from './rotating-log';
 
 /** What the log warns through (a pino logger fits). */
@@ -113,16 +113,6 @@ export interface RequestLogLine {
   entry?: { time: string; pipeline: string; data_seq: number; ad_ids: string[] };
 }
 
-function parseLine(text: string): Pick<RequestLogLine, 'request' | 'error' | 'entry'> {
-  let obj: unknown;
-  try {
-    obj = JSON.parse(text);
-  } catch (err) {
-    return { error: `bad JSON: ${(err as Error).message}` };
-  }
-  return readLoggedRequest(obj);
-}
-
 /** One parsed request-log line (a JSON value) checked: the request and its context, or why it cannot be read. */
 export function readLoggedRequest(obj: unknown): Pick<RequestLogLine, 'request' | 'error' | 'entry'> {
   if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) return { error: 'a line must be a JSON object' };
@@ -151,25 +141,8 @@ export function readLoggedRequest(obj: unknown): Pick<RequestLogLine, 'request' 
  */
 export async function* readRequestLog(dir: string): AsyncGenerator<RequestLogLine> {
   const names = (await fs.promises.readdir(dir)).filter((n) => n.endsWith('.jsonl')).sort();
-  for (const name of names) {
-    const file = path.join(dir, name);
-    const stream = fs.createReadStream(file, { encoding: 'utf8' });
-    const rl = readline.createInterface({ input: stream, crlfDelay: Infinity });
-    let line = 0;
-    let failure: Error | undefined;
-    try {
-      for await (const text of rl) {
-        line++;
-        if (text.trim() === '') continue;
-        yield { file, line, ...parseLine(text) };
-      }
-    } catch (err) {
-      failure = err as Error;
-    } finally {
-      rl.close();
-      stream.destroy();
-    }
-    // A file that vanished or cannot be read is one error line, not the end of the whole log.
-    if (failure) yield { file, line: line + 1, error: `read failed: ${failure.message}` };
+  // A file that vanished or cannot be read is one error line, not the end of the whole log.
+  for await (const l of readJsonLines(names.map((name) => ({ file: path.join(dir, name) })))) {
+    yield l.error !== undefined ? { file: l.file, line: l.line, error: l.error } : { file: l.file, line: l.line, ...readLoggedRequest(l.value) };
   }
 }
