@@ -4,7 +4,7 @@
  * config (also watched); SIGTERM drains and exits 0.
  */
 import * as fs from 'node:fs';
-import { defaultConfig, loadConfigFile, parseConfigText } from '../config/load';
+import { defaultConfig, parseConfigText } from '../config/load';
 import type { Config } from '../config/schema';
 import { ConfigWatcher, type ReloadOutcome } from '../config/watch';
 import { LoopLag } from '../grpc/loop-lag';

@@ -15,7 +15,7 @@ import { SamplingDecision, SpanKind, SpanStatusCode, trace, type Attributes, typ
 import { ParentBasedSampler, TraceIdRatioBasedSampler, type Sampler } from '@opentelemetry/sdk-trace-base';
 import type { StageObserver } from '../pipeline/run-stage';
 import type { StageReport } from '../pipeline/types';
-import { Col, type FlatAttributes, type SpanRow } from './span-row';
+import { type FlatAttributes, type SpanRow } from './span-row';
 
 /** Where finished spans go: the OTLP export worker, or SDK span processors. */
 export interface SpanSink {

@@ -10,8 +10,8 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { featureLogFiles, readFeatureLog, type FeatureLogRow } from '../../src/telemetry/feature-log';
 import { row, tempDir } from '../fixtures/catalog';
+import { readFeatureRows } from '../fixtures/examples';
 import { adminMetadata, rpcError, startE2eServer, type E2eServer, type RetrieveResponseMsg } from '../fixtures/e2e-server';
 
 const DIM = 8;
@@ -27,15 +27,6 @@ function catalog(): Record<string, unknown>[] {
   return Array.from({ length: N }, (_, n) =>
     row(n, DIM, { quality: 0.2 + (n % 5) * 0.15, ctr_prior: 0.005 + (n % 4) * 0.01, ...(n === HOT ? { bid_micros: 50_000_000 } : {}) }),
   );
-}
-
-async function readRows(dir: string): Promise<FeatureLogRow[]> {
-  const rows: FeatureLogRow[] = [];
-  for await (const l of readFeatureLog(await featureLogFiles(dir))) {
-    assert.equal(l.error, undefined, `${l.file}:${l.line}: ${l.error}`);
-    rows.push(l.row!);
-  }
-  return rows;
 }
 
 async function counter(e: E2eServer, result: 'written' | 'dropped'): Promise<number> {
@@ -73,7 +64,7 @@ describe('e2e: feature log', () => {
     const res: RetrieveResponseMsg = await e.retrieval.retrieve({ request_id: 'fl-req-1', user_embedding: u, num_results: 3, debug: true }, { deadlineMs: 10_000 });
     assert.equal(res.request_id, 'fl-req-1');
     await e.running.featureLog!.flush();
-    const rows = (await readRows(logDir)).filter((r) => r.request_id === 'fl-req-1');
+    const rows = (await readFeatureRows(logDir)).filter((r) => r.request_id === 'fl-req-1');
     const ranked = res.stages.find((s) => s.name === 'EarlyRanker')!;
     assert.equal(ranked.candidates_in, N, 'every ad reached the ranker');
     assert.equal(rows.length, N, 'kept rows plus every cut row (cut_sample 1)');
@@ -141,7 +132,7 @@ describe('e2e: feature log', () => {
     assert.equal(explained.response.request_id, 'fl-explained');
     assert.notEqual(other.request_id, res.request_id);
     await e.running.featureLog!.flush();
-    const rows = await readRows(logDir);
+    const rows = await readFeatureRows(logDir);
     const mine = rows.filter((r) => r.request_id === res.request_id);
     assert.equal(mine.filter((r) => r.kept).length, KEEP);
     assert.deepEqual(
@@ -190,6 +181,6 @@ describe('e2e: feature log, queue full', () => {
     assert.equal(await counter(e, 'dropped'), 3 * N);
     assert.equal(await counter(e, 'written'), 0);
     assert.deepEqual(e.running.featureLog!.stats(), { written: 0, dropped: 3 * N, files: 0, pendingRows: 0 });
-    assert.deepEqual(await readRows(logDir), []);
+    assert.deepEqual(await readFeatureRows(logDir), []);
   });
 });

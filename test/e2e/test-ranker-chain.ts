@@ -15,10 +15,9 @@ import { runExamples } from '../../src/cli/examples-command';
 import { runTrainRanker } from '../../src/cli/train-command';
 import { loadConfigFile } from '../../src/config/load';
 import { ecpm, pctr } from '../../src/stages/ranking/early-ranker';
-import { featureLogFiles, readFeatureLog, type FeatureLogRow } from '../../src/telemetry/feature-log';
 import { row, tempDir } from '../fixtures/catalog';
 import { startE2eServer, type E2eServer } from '../fixtures/e2e-server';
-import { lcg } from '../fixtures/examples';
+import { lcg, readFeatureRows } from '../fixtures/examples';
 
 const DIM = 4;
 const ADS = 30;
@@ -28,15 +27,6 @@ const SHOWN = 5;
 const catalog = () => Array.from({ length: ADS }, (_, n) => row(n, DIM, { quality: (n % 6) / 5, ctr_prior: [0.005, 0.02, 0.05][n % 3], bid_micros: 500_000 + 20_000 * n }));
 /** The click model the events are drawn from: high-quality ads are clicked far more. */
 const clickProbability = (quality: number) => 1 / (1 + Math.exp(-(-3 + 4 * quality)));
-
-async function readRows(dir: string): Promise<FeatureLogRow[]> {
-  const rows: FeatureLogRow[] = [];
-  for await (const l of readFeatureLog(await featureLogFiles(dir))) {
-    assert.equal(l.error, undefined, `${l.file}:${l.line}: ${l.error}`);
-    rows.push(l.row!);
-  }
-  return rows;
-}
 
 const sink = () => {
   const chunks: string[] = [];
@@ -99,7 +89,7 @@ describe('e2e: feature log -> examples -> train-ranker -> serve -> eval', () => 
     servers.push(second);
     const res = await second.retrieval.retrieve({ request_id: 'served-1', user_embedding: [0.5, -0.2, 0.3, 0.1], num_results: SHOWN }, { deadlineMs: 10_000 });
     await second.running.featureLog!.flush();
-    const logged = (await readRows(logDir2)).filter((r) => r.request_id === 'served-1' && r.kept);
+    const logged = (await readFeatureRows(logDir2)).filter((r) => r.request_id === 'served-1' && r.kept);
     const top = res.candidates[0];
     const r = logged.find((l) => l.ad_id === top.ad_id)!;
     assert.ok(r, 'the top answer is logged');
