@@ -697,12 +697,12 @@ export class FunnelServer {
   }
 
   private async deleteAds(req: { ad_ids?: string[] }) {
+    const ids = validateAdIds('ad_ids', req.ad_ids, this.config_);
     if (this.replica_) {
-      const ids = validateAdIds('ad_ids', req.ad_ids, this.config_);
       const { seq, result } = await this.replicate({ kind: 'delete', ad_ids: ids }, idFields('ad_ids', ids));
       return { deleted: result.count, unknown_ad_ids: result.unknown, seq: String(seq) };
     }
-    const r = await this.state.deleteAds(validateAdIds('ad_ids', req.ad_ids, this.config_));
+    const r = await this.state.deleteAds(ids);
     return { deleted: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
 

@@ -216,7 +216,8 @@ export class ShardGroup {
           new Promise<void>((resolve) => {
             (r.health as unknown as Record<string, UnaryFn>).Check.call(r.health, { service: 'funnel.v1.Retrieval' }, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, value) => {
               const was = r.serving;
-              r.serving = !err && (value as { status?: string | number }).status !== undefined && ((value as { status: string | number }).status === 'SERVING' || (value as { status: string | number }).status === 1);
+              const status = err ? undefined : (value as { status?: string | number }).status;
+              r.serving = status === 'SERVING' || status === 1;
               // Back in service by its own word: no need to wait out the failure back-off.
               if (r.serving && was === false) {
                 r.failures = 0;
