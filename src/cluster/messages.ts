@@ -115,6 +115,15 @@ export function encodeMessage(msg: StreamMessage): Uint8Array {
   return Buffer.from(JSON.stringify(wire), 'utf8');
 }
 
+/**
+ * An `ingest_chunk` message from rows already in wire JSON (JSON.stringify of rowToWire): the
+ * publisher sizes its chunks by those strings, so each row is encoded once. Decodes as
+ * encodeMessage's would.
+ */
+export function encodeChunk(ingest: string, chunk: number, wireRows: readonly string[]): Uint8Array {
+  return Buffer.from(`{"v":${MESSAGE_VERSION},"kind":"ingest_chunk","ingest":${JSON.stringify(ingest)},"chunk":${chunk},"ads":[${wireRows.join(',')}]}`, 'utf8');
+}
+
 function rowsFromWire(field: string, rows: ReadonlyArray<Record<string, unknown>>, dim: number | undefined): CatalogRow[] {
   const out: CatalogRow[] = [];
   const seen = new Set<string>();

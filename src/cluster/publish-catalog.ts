@@ -13,10 +13,9 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { ClusterConfig } from '../config/schema';
-import type { CatalogRow } from '../store/catalog-schema';
 import { IngestError, scanCatalog } from '../store/ingest';
 import type { AnnSettings } from '../store/catalog-store';
-import { encodeMessage, rowToWire } from './messages';
+import { encodeChunk, encodeMessage, rowToWire } from './messages';
 import { connectStream } from './replica';
 import { shardOf, shardSubject } from './shard';
 
@@ -85,12 +84,12 @@ export async function publishCatalog(file: string, options: PublishCatalogOption
     for (let s = 0; s < options.shards; s++) {
       await send(s, 'begin', encodeMessage({ kind: 'ingest_begin', ingest, rows: perShard[s], replace: options.replace ?? false, ...(options.ann && Object.keys(options.ann).length > 0 && { ann: options.ann }) }));
     }
-    const pending: { rows: CatalogRow[]; bytes: number }[] = Array.from({ length: options.shards }, () => ({ rows: [], bytes: 0 }));
+    const pending: { rows: string[]; bytes: number }[] = Array.from({ length: options.shards }, () => ({ rows: [], bytes: 0 }));
     const chunks = new Array<number>(options.shards).fill(0);
     const flush = async (s: number) => {
       const p = pending[s];
       if (p.rows.length === 0) return;
-      const data = encodeMessage({ kind: 'ingest_chunk', ingest, chunk: chunks[s], ads: p.rows });
+      const data = encodeChunk(ingest, chunks[s], p.rows);
       await send(s, `chunk-${chunks[s]}`, data);
       chunks[s]++;
       published += p.rows.length;
@@ -102,8 +101,9 @@ export async function publishCatalog(file: string, options: PublishCatalogOption
         onRow: (row) => {
           const s = shardOf(row.ad_id, options.shards);
           const p = pending[s];
-          p.rows.push(row);
-          p.bytes += JSON.stringify(rowToWire(row)).length + 1;
+          const wire = JSON.stringify(rowToWire(row));
+          p.rows.push(wire);
+          p.bytes += wire.length + 1;
           if (p.bytes >= CHUNK_BYTES) return flush(s);
         },
       });

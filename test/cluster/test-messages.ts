@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { BadMessage, decodeEmbedding, decodeMessage, encodeEmbedding, encodeMessage, type StreamMessage } from '../../src/cluster/messages';
+import { BadMessage, decodeEmbedding, decodeMessage, encodeChunk, encodeEmbedding, encodeMessage, rowToWire, type StreamMessage } from '../../src/cluster/messages';
 import { parseCatalogObject, type CatalogRow } from '../../src/store/catalog-schema';
 import { row } from '../fixtures/catalog';
 
@@ -48,6 +48,13 @@ describe('cluster/messages', () => {
       const want = m.kind === 'upsert' || m.kind === 'ingest_chunk' ? { ...m, ads: m.ads.map((r) => ({ ...r, embedding: Array.from(Float32Array.from(r.embedding)) })) } : m;
       assert.deepEqual(back, want, m.kind);
     }
+  });
+
+  it('when a chunk is built from rows already in wire JSON, then it decodes as the same chunk encodeMessage makes', () => {
+    const rows = [catalogRow(1), catalogRow(2, { targeting: [{ country: { none_of: ['DE'] } }] })];
+    const direct = decodeMessage(encodeMessage({ kind: 'ingest_chunk', ingest: 'i"1', chunk: 3, ads: rows }));
+    const fromWire = decodeMessage(encodeChunk('i"1', 3, rows.map((r) => JSON.stringify(rowToWire(r)))));
+    assert.deepEqual(fromWire, direct);
   });
 
   it('when a message is not JSON, has an unknown kind, a missing field or a bad version, then it is refused with a reason and the field', () => {
