@@ -46,4 +46,28 @@ describe('funnel command line', () => {
     assert.equal(r.status, 3);
     assert.match(r.stderr, /does not exist/);
   });
+
+  it('when the cluster flags are misused, then serve, root and ingest exit 2 naming what is wrong, before touching NATS or the data', () => {
+    const data = path.join(tmp, 'cluster-flags');
+    fs.mkdirSync(data);
+    const cases: [string[], RegExp][] = [
+      [['serve', '--data', data, '--nats', 'nats://127.0.0.1:1'], /--nats and --shard go together/],
+      [['serve', '--data', data, '--shard', '0/2'], /--nats and --shard go together/],
+      [['serve', '--data', data, '--nats', 'nats://127.0.0.1:1', '--shard', '2/2'], /--shard: I must be in 0\.\.1, got 2/],
+      [['serve', '--data', data, '--nats', 'nats://127.0.0.1:1', '--shard', 'one'], /--shard must be I\/N/],
+      [['serve', '--data', data, '--nats', 'nats://127.0.0.1:1', '--shard', '0/2', '--workers', '2'], /--nats runs one serving process per replica/],
+      [['root', '--shards', 'a:1;;b:2'], /--shards must be/],
+      [['root', '--shards', 'a:1;b'], /"b" is not HOST:PORT/],
+      [['root', '--shards', 'a:1', '--admin-token-file', path.join(tmp, 'no-token')], /cannot read --admin-token-file/],
+      [['ingest', '--catalog', 'x.jsonl', '--nats', 'nats://127.0.0.1:1'], /--nats needs --shards N/],
+      [['ingest', '--catalog', 'x.jsonl', '--data', data, '--nats', 'nats://127.0.0.1:1', '--shards', '2'], /either --data DIR or --nats URL --shards N/],
+      [['ingest', '--catalog', 'x.jsonl', '--data', data, '--shards', '2'], /--shards and --config go with --nats/],
+    ];
+    for (const [args, message] of cases) {
+      const r = funnel(...args);
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, message, args.join(' '));
+    }
+    assert.deepEqual(fs.readdirSync(data), [], 'nothing was created in the data directory');
+  });
 });
