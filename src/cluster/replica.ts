@@ -582,7 +582,9 @@ export class Replica {
       const ack = await this.js.publish(this.subject, data, { msgID: `${this.origin}-${this.nextMsgId++}`, timeout: c.publish_timeout_ms });
       seq = ack.seq;
     } catch (err) {
-      throw new ReplicationError('unavailable', `the write stream did not take the write: ${(err as Error).message}`);
+      // Not acknowledged is not "not written": a publish NATS already had, or one the client held
+      // while it reconnected, may still land (and be applied) after this answer.
+      throw new ReplicationError('unavailable', `the write stream did not acknowledge the write (${(err as Error).message}); it may still be applied once the stream has it`);
     }
     const applied = await this.waitApplied(seq, Date.now() + c.apply_timeout_ms, undefined, true);
     if (!applied) throw new ReplicationError('unavailable', `the write is in the stream at ${seq} but was not applied here within ${c.apply_timeout_ms} ms; it will be`);
