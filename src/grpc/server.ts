@@ -32,7 +32,7 @@ import { decodeRetrieveRequest, encodeRetrieveResponse, type DecodedRetrieve, ty
 import { retrieveFromJson } from './request-json';
 import { LoopLag } from './loop-lag';
 import { packageDefinition, reflectedDefinition } from './proto';
-import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateRetrieve, type AdMessage } from './validate';
+import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateRetrieve, validateSeq, type AdMessage } from './validate';
 
 /** TLS files for both services; `clientCa` turns on mutual TLS (client certificates required). */
 export interface TlsOptions {
@@ -190,7 +190,7 @@ export class FunnelServer {
       UpsertAds: this.admin('UpsertAds', (req: { ads?: AdMessage[] }) => this.upsertAds(req)),
       SetAdStatus: this.admin('SetAdStatus', (req: { ad_ids?: string[]; status?: string }) => this.setAdStatus(req)),
       DeleteAds: this.admin('DeleteAds', (req: { ad_ids?: string[] }) => this.deleteAds(req)),
-      GetAds: this.admin('GetAds', (req: { ad_ids?: string[] }) => this.getAds(req)),
+      GetAds: this.admin('GetAds', (req: { ad_ids?: string[]; min_seq?: string }, call) => this.getAds(req, call)),
       ReportSpend: this.admin('ReportSpend', (req: { entries?: { ad_id?: string; spend_micros?: string }[] }) => this.reportSpend(req)),
       RecordEvents: this.admin('RecordEvents', (req: { events?: EventMessage[] }) => this.recordEvents(req)),
     });
@@ -401,12 +401,25 @@ export class FunnelServer {
     };
   }
 
-  private admin<Req, Res>(method: string, fn: (req: Req) => Promise<Res> | Res): Unary<Req, Res> {
+  private admin<Req, Res>(method: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, unknown>) => Promise<Res> | Res): Unary<Req, Res> {
     return this.unary('funnel.v1.Admin', method, async (call) => {
       this.authorize(call);
       if (this.draining) throw new RpcError(grpc.status.UNAVAILABLE, 'server is shutting down');
-      return fn(call.request);
+      return fn(call.request, call);
     });
+  }
+
+  /**
+   * The consistency token: resolves true once the write with sequence number `minSeq` is
+   * applied here (at once when it already is), false when `deadlineMs` comes first. The wait
+   * stops short of the deadline: a quarter of the time left (at least 20 ms) stays for the
+   * answer, so that the caller hears UNAVAILABLE or a degraded answer, not its own timeout.
+   */
+  private async reachSeq(state: ServingState, minSeq: number, deadlineMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (minSeq <= this.dataSeq(state)) return true;
+    const waitUntil = deadlineMs - Math.max(20, (deadlineMs - Date.now()) / 4);
+    const replica = this.replica_;
+    return replica ? replica.waitFor(minSeq, waitUntil, signal) : state.waitForSeq(minSeq, waitUntil, signal);
   }
 
   private authorize(call: grpc.ServerUnaryCall<unknown, unknown>): void {
@@ -578,15 +591,8 @@ export class FunnelServer {
       const pipeline = config.pipelines[query.pipeline];
       measured = true;
       // The consistency token: wait (within the deadline) until the asked write is applied here.
-      // The wait stops short of the deadline: a quarter of the time left (at least 20 ms) stays
-      // for the answer, so that the caller hears UNAVAILABLE or the degraded answer, not its own timeout.
       let stale = false;
-      const waitUntil = deadlineMs - Math.max(20, (deadlineMs - Date.now()) / 4);
-      const replica = this.replica_;
-      if (
-        req.min_seq > this.dataSeq(state) &&
-        !(await (replica ? replica.waitFor(req.min_seq, waitUntil, abort.signal) : state.waitForSeq(req.min_seq, waitUntil, abort.signal)))
-      ) {
+      if (!(await this.reachSeq(state, req.min_seq, deadlineMs, abort.signal))) {
         if (config.limits.on_min_seq === 'unavailable') {
           throw new RpcError(grpc.status.UNAVAILABLE, `min_seq ${req.min_seq} is not applied here yet (data_seq ${this.dataSeq(state)}) and the deadline passed (limits.on_min_seq)`);
         }
@@ -706,9 +712,26 @@ export class FunnelServer {
     return { deleted: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
 
-  private getAds(req: { ad_ids?: string[] }) {
+  private async getAds(req: { ad_ids?: string[]; min_seq?: string }, call: grpc.ServerUnaryCall<unknown, unknown>) {
     const ids = validateAdIds('ad_ids', req.ad_ids, this.config_);
-    return { ads: this.state.getAds(ids).map(({ rec, embedding }) => recordToAd(rec, embedding)) };
+    const minSeq = validateSeq('min_seq', req.min_seq);
+    const state = this.state;
+    if (minSeq > 0) {
+      const d = call.getDeadline();
+      const callDeadline = d instanceof Date ? d.getTime() : d;
+      const deadlineMs = Number.isFinite(callDeadline) ? callDeadline : Date.now() + this.config_.limits.default_deadline_ms;
+      const abort = new AbortController();
+      const onCancel = () => abort.abort();
+      call.once('cancelled', onCancel);
+      try {
+        if (!(await this.reachSeq(state, minSeq, deadlineMs, abort.signal))) {
+          throw new RpcError(grpc.status.UNAVAILABLE, `min_seq ${minSeq} is not applied here yet (data_seq ${this.dataSeq(state)}) and the deadline passed`);
+        }
+      } finally {
+        call.removeListener('cancelled', onCancel);
+      }
+    }
+    return { ads: state.getAds(ids).map(({ rec, embedding }) => recordToAd(rec, embedding)) };
   }
 
   private async reportSpend(req: { entries?: { ad_id?: string; spend_micros?: string }[] }) {

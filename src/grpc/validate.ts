@@ -219,6 +219,14 @@ export function validateAdIds(field: string, ids: string[] | undefined, config: 
   return list;
 }
 
+/** A uint64 sequence number as proto-loader gives it (a decimal string; absent = 0), within 0..2^53-1. */
+export function validateSeq(field: string, v: string | number | undefined): number {
+  if (v === undefined || v === '') return 0;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw invalid(field, 'must be a sequence number in 0..2^53-1');
+  return n;
+}
+
 /** An AdRecord (+ embedding) -> the proto Ad. */
 export function recordToAd(rec: AdRecord, embedding: Float32Array): AdMessage & Record<string, unknown> {
   const ad: AdMessage & Record<string, unknown> = {

@@ -19,6 +19,9 @@
  * `seq` (the consistency token covering all of them). A shard that fails fails the call
  * (UNAVAILABLE names the shards that did apply their part: writes are per shard, not atomic
  * across shards). The caller's authorization metadata is passed on; the shards check it.
+ * GetAds is a read: hedged like Retrieve, and each shard is asked with `min_seq` at least the
+ * largest `seq` this root has acknowledged for it, so a GetAds through a root sees every write
+ * that root answered OK, whichever replica serves it.
  */
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
@@ -27,7 +30,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/schema';
 import { packageDefinition, reflectedDefinition } from '../grpc/proto';
 import { decodeRetrieveRequest, withNumResults } from '../grpc/codec';
-import { RpcError } from '../grpc/validate';
+import { RpcError, validateSeq } from '../grpc/validate';
 import { checkBearer, rawRetrievalService, serverOptions } from '../grpc/server';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
@@ -113,6 +116,8 @@ export class RootServer {
   private draining = false;
   private calls = 0;
   private config_: Config;
+  /** Per shard: the largest stream sequence number of a write this root answered OK. */
+  private readonly ackedSeq: number[];
 
   constructor(
     config: Config,
@@ -122,6 +127,7 @@ export class RootServer {
   ) {
     this.config_ = config;
     this.groups = options.shards.map((replicas, i) => new ShardGroup(i, replicas.map((a) => new ReplicaLink(a))));
+    this.ackedSeq = this.groups.map(() => 0);
     this.server = new grpc.Server(serverOptions(config));
     const def = packageDefinition();
     // Retrieve: its request bytes are decoded by the codec (and passed to the shards as they
@@ -397,14 +403,23 @@ export class RootServer {
       p.items.push(item);
       p.index.push(i);
     });
+    const read = method === 'GetAds';
+    const minSeq = read ? validateSeq('min_seq', req.min_seq as string | undefined) : 0;
     const deadline = this.deadlineOf(call);
     const md = this.forwardMetadata(call);
     const asked = parts.map((p, s) => ({ s, p })).filter((x) => x.p.items.length > 0);
     const outcomes = await Promise.all(
       asked.map(async ({ s, p }) => {
+        const part: Record<string, unknown> = { ...req, [field]: p.items };
+        // A read sees every write this root acknowledged for the shard, on whichever replica serves it.
+        if (read) part.min_seq = String(Math.max(minSeq, this.ackedSeq[s]));
         // Writes are not hedged (a duplicate would be a second write); a replica that fails fast is replaced.
-        const o = await this.groups[s].call<unknown>('admin', method, { ...req, [field]: p.items }, md, deadline, this.config_.root, false);
+        const o = await this.groups[s].call<unknown>('admin', method, part, md, deadline, this.config_.root, read);
         this.telemetry.metrics?.shardCall(s, o.error ? grpc.status[o.error.code] : 'OK');
+        if (!read && !o.error) {
+          const seq = Number((o.value as { seq?: string }).seq ?? 0);
+          if (seq > this.ackedSeq[s]) this.ackedSeq[s] = seq;
+        }
         return { s, p, o };
       }),
     );

@@ -67,11 +67,15 @@ function catalogRows(): Record<string, unknown>[] {
   });
 }
 
+/**
+ * A new ad of its own advertiser: ads left behind by one test (untargeted, so eligible for any
+ * request) then never take another test's ads' places under the advertiser cap.
+ */
 function adMsg(id: string, extra: Partial<AdMsg> = {}): AdMsg {
   const r = row(0, DIM);
   return {
     ad_id: id,
-    advertiser_id: 'adv-new',
+    advertiser_id: `adv-${id}`,
     campaign_id: 'camp-new',
     category: 'news',
     bid_micros: '900000000',
@@ -332,14 +336,24 @@ describe('cluster: 2 shards x 2 replicas behind funnel root, writes through NATS
     const id = idsOfShard('after-parked', 1, 1)[0];
     const up = await rootAdmin.upsertAds({ ads: [adMsg(id)] });
     assert.equal(up.inserted, 1);
-    for (const r of replicas[1]) {
-      await waitFor('the parked messages in the replica log', () => (r.stderr().match(/malformed stream message parked/g) ?? []).length >= 2, 20_000);
-      assert.match(r.stderr(), /"reason":"row"/);
-      assert.match(r.stderr(), /"reason":"json"/);
+    try {
+      for (const r of replicas[1]) {
+        await waitFor('the parked messages in the replica log', () => (r.stderr().match(/malformed stream message parked/g) ?? []).length >= 2, 20_000);
+        assert.match(r.stderr(), /"reason":"row"/);
+        assert.match(r.stderr(), /"reason":"json"/);
+        // The write after them is applied on this replica too: GetAds with its token.
+        const admin = adminClient(r.addr);
+        try {
+          assert.equal((await admin.getAds({ ad_ids: [id], min_seq: up.seq! }, { deadlineMs: 20_000 })).ads.length, 1);
+        } finally {
+          admin.close();
+        }
+      }
+      // Through the root without a token: it asks for every write it acknowledged itself.
+      assert.equal((await rootAdmin.getAds({ ad_ids: [id] })).ads.length, 1);
+    } finally {
+      await rootAdmin.deleteAds({ ad_ids: [id] });
     }
-    const got = await rootAdmin.getAds({ ad_ids: [id] });
-    assert.equal(got.ads.length, 1);
-    await rootAdmin.deleteAds({ ad_ids: [id] });
   });
 
   it('when a replica is killed with SIGKILL under mixed reads and writes, then no acknowledged write is lost, answers keep coming without degraded, and its restart catches up', async () => {
@@ -384,10 +398,11 @@ describe('cluster: 2 shards x 2 replicas behind funnel root, writes through NATS
     assert.ok(answers > 50, `only ${answers} answers`);
     assert.deepEqual(failures, []);
     assert.equal(degraded, 0);
-    // Every acknowledged write is on the surviving replica.
+    // Every acknowledged write is on the surviving replica (once it reaches the last token).
     const survivor = adminClient(replicaAddr(0, 1));
+    const lastSeq = String(Math.max(...acked.map((a) => Number(a.seq ?? 0))));
     try {
-      const got = new Set((await survivor.getAds({ ad_ids: acked.map((a) => a.id) })).ads.map((a) => a.ad_id));
+      const got = new Set((await survivor.getAds({ ad_ids: acked.map((a) => a.id), min_seq: lastSeq }, { deadlineMs: 20_000 })).ads.map((a) => a.ad_id));
       assert.deepEqual(acked.filter((a) => !got.has(a.id)), []);
     } finally {
       survivor.close();

@@ -1,5 +1,6 @@
 /**
- * RetrieveRequest.min_seq, the consistency token (CONTRACT section 2): a Retrieve asking for a
+ * RetrieveRequest.min_seq, the consistency token (CONTRACT section 2), and GetAdsRequest.min_seq,
+ * the same token for Admin reads: a Retrieve (or GetAds) asking for a
  * write this server has not applied yet waits for it (here the write is made by another process
  * of the data directory, straight into the store, which the server learns of only by catching
  * up), and past the deadline answers UNAVAILABLE or, as configured, a degraded answer naming
@@ -66,5 +67,30 @@ describe('e2e: Retrieve min_seq (consistency token)', function () {
     const err = await rpcError(s.retrieval.retrieve({ attributes: attrs({ probe: ['base-1'] }), min_seq: '18446744073709551615' }));
     assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
     assert.match(err.details, /min_seq/);
+  });
+
+  it('when GetAds carries min_seq of a write another process made, then it waits until the write is applied and returns the ad', async () => {
+    s = await startE2eServer({ rows });
+    const seq = await writeBehindItsBack(s, 'elsewhere', 'p-elsewhere');
+    assert.ok(Number(s.running.state.seq) < seq, 'the server has not applied the write yet');
+    const got = await s.admin.getAds({ ad_ids: ['elsewhere', 'ad-1'], min_seq: seq }, { deadlineMs: 10_000 });
+    assert.deepEqual(
+      got.ads.map((a) => a.ad_id),
+      ['elsewhere', 'ad-1'],
+    );
+  });
+
+  it('when GetAds min_seq is not reached by the deadline, then it is UNAVAILABLE naming min_seq; past 2^53 - 1 it is INVALID_ARGUMENT', async () => {
+    s = await startE2eServer({ rows });
+    const ahead = Number(s.running.state.seq) + 1000;
+    const late = await rpcError(s.admin.getAds({ ad_ids: ['ad-1'], min_seq: ahead }, { deadlineMs: 300 }));
+    assert.equal(late.code, grpc.status.UNAVAILABLE);
+    assert.match(late.details, new RegExp(`min_seq ${ahead} is not applied here yet`));
+    const bad = await rpcError(s.admin.getAds({ ad_ids: ['ad-1'], min_seq: '18446744073709551615' }));
+    assert.equal(bad.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(bad.details, /^min_seq: /);
+    // Without a token (or with one already applied) it answers at once.
+    assert.equal((await s.admin.getAds({ ad_ids: ['ad-1'], min_seq: s.running.state.seq })).ads.length, 1);
+    assert.equal((await s.admin.getAds({ ad_ids: ['ad-1'] })).ads.length, 1);
   });
 });

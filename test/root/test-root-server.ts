@@ -1,7 +1,12 @@
 import { strict as assert } from 'node:assert';
 import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import pino from 'pino';
 import { defaultConfig, parseConfigObject } from '../../src/config/load';
-import { mergeAnswers, type CandidateMsg, type ShardAnswer } from '../../src/root/root-server';
+import { packageDefinition } from '../../src/grpc/proto';
+import { shardOf } from '../../src/cluster/shard';
+import { RootServer, mergeAnswers, type CandidateMsg, type ShardAnswer } from '../../src/root/root-server';
+import { adminClient, rpcError, type AdminClient } from '../fixtures/e2e-server';
 
 function cand(id: string, score: number, adv = `adv-${id}`, cat = 'c'): CandidateMsg {
   return { ad_id: id, advertiser_id: adv, category: cat, score, sources: ['Ann'] };
@@ -48,5 +53,90 @@ describe('root/root-server mergeAnswers', () => {
     const names = m.response.stages!.map((s) => s.name);
     assert.ok(names.includes('shard-0') && names.includes('shard-1') && names.includes('RootMerge'), names.join(','));
     assert.equal(m.response.stages!.find((s) => s.name === 'shard-1')!.status, 'error');
+  });
+});
+
+/*
+ * funnel root's Admin routing against fake shard replicas (real gRPC on loopback): what each
+ * shard is asked. A GetAds through the root carries, per shard, the larger of the caller's
+ * min_seq and the largest seq this root acknowledged for that shard.
+ */
+
+interface FakeShard {
+  server: grpc.Server;
+  addr: string;
+  /** The min_seq of every GetAds this shard was asked, in order. */
+  getAdsMinSeq: string[];
+  nextSeq: number;
+}
+
+async function fakeShard(seqFrom: number): Promise<FakeShard> {
+  const server = new grpc.Server();
+  const shard: FakeShard = { server, addr: '', getAdsMinSeq: [], nextSeq: seqFrom };
+  const def = packageDefinition();
+  server.addService(def['funnel.v1.Admin'] as grpc.ServiceDefinition, {
+    UpsertAds: (call: grpc.ServerUnaryCall<{ ads: { ad_id: string }[] }, unknown>, cb: grpc.sendUnaryData<unknown>) =>
+      cb(null, { inserted: call.request.ads.length, updated: 0, seq: String(shard.nextSeq++) }),
+    GetAds: (call: grpc.ServerUnaryCall<{ ad_ids: string[]; min_seq?: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      shard.getAdsMinSeq.push(call.request.min_seq ?? '0');
+      cb(null, { ads: call.request.ad_ids.map((id) => ({ ad_id: id })) });
+    },
+  });
+  new HealthImplementation({ '': 'SERVING', 'funnel.v1.Retrieval': 'SERVING', 'funnel.v1.Admin': 'SERVING' }).addToServer(server);
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+  shard.addr = `127.0.0.1:${port}`;
+  return shard;
+}
+
+function idOfShard(shard: number, prefix: string): string {
+  for (let i = 0; ; i++) if (shardOf(`${prefix}-${i}`, 2) === shard) return `${prefix}-${i}`;
+}
+
+describe('root Admin routing', function () {
+  let shards: FakeShard[] = [];
+  let root: RootServer | undefined;
+  let admin: AdminClient | undefined;
+
+  beforeEach(async () => {
+    shards = [await fakeShard(100), await fakeShard(500)];
+    root = new RootServer(defaultConfig(), { host: '127.0.0.1', port: 0, shards: shards.map((s) => [s.addr]), drainTimeoutMs: 100 }, pino({ level: 'silent' }));
+    const port = await root.listen();
+    admin = adminClient(`127.0.0.1:${port}`);
+  });
+  afterEach(() => {
+    admin?.close();
+    root?.forceStop();
+    for (const s of shards) s.server.forceShutdown();
+  });
+
+  it('when a write through the root was acknowledged, then a later GetAds asks that shard for at least its seq, and the other shard for the caller\'s token only', async () => {
+    const a0 = idOfShard(0, 'a');
+    const a1 = idOfShard(1, 'a');
+    await admin!.getAds({ ad_ids: [a0, a1] });
+    assert.deepEqual([shards[0].getAdsMinSeq, shards[1].getAdsMinSeq], [['0'], ['0']]);
+
+    const up = await admin!.upsertAds({ ads: [{ ad_id: a0 }] });
+    assert.equal(up.seq, '100');
+    await admin!.getAds({ ad_ids: [a0, a1] });
+    assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['100', '0']);
+
+    // The caller's own token counts where it is larger; the root's where it is.
+    await admin!.getAds({ ad_ids: [a0, a1], min_seq: '300' });
+    assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['300', '300']);
+    await admin!.getAds({ ad_ids: [a0, a1], min_seq: '50' });
+    assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['100', '50']);
+
+    // A write spanning both shards raises both, each to its own seq.
+    const two = await admin!.upsertAds({ ads: [{ ad_id: idOfShard(0, 'b') }, { ad_id: idOfShard(1, 'b') }] });
+    assert.equal(two.seq, '500');
+    await admin!.getAds({ ad_ids: [a1, a0] });
+    assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['101', '500']);
+  });
+
+  it('when GetAds min_seq is past 2^53 - 1, then the root answers INVALID_ARGUMENT naming min_seq and asks no shard', async () => {
+    const err = await rpcError(admin!.getAds({ ad_ids: [idOfShard(0, 'c')], min_seq: '18446744073709551615' }));
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(err.details, /^min_seq: /);
+    assert.deepEqual([shards[0].getAdsMinSeq, shards[1].getAdsMinSeq], [[], []]);
   });
 });
