@@ -32,7 +32,7 @@ import { decodeRetrieveRequest, encodeRetrieveResponse, type DecodedRetrieve, ty
 import { retrieveFromJson } from './request-json';
 import { LoopLag } from './loop-lag';
 import { packageDefinition, reflectedDefinition } from './proto';
-import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateRetrieve, validateSeq, type AdMessage } from './validate';
+import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateEvents, validateRetrieve, validateSeq, validateSpendEntries, validateStatus, type AdMessage, type EventMessage, type SpendEntryMessage } from './validate';
 
 /** TLS files for both services; `clientCa` turns on mutual TLS (client certificates required). */
 export interface TlsOptions {
@@ -191,7 +191,7 @@ export class FunnelServer {
       SetAdStatus: this.admin('SetAdStatus', (req: { ad_ids?: string[]; status?: string }) => this.setAdStatus(req)),
       DeleteAds: this.admin('DeleteAds', (req: { ad_ids?: string[] }) => this.deleteAds(req)),
       GetAds: this.admin('GetAds', (req: { ad_ids?: string[]; min_seq?: string }, call) => this.getAds(req, call)),
-      ReportSpend: this.admin('ReportSpend', (req: { entries?: { ad_id?: string; spend_micros?: string }[] }) => this.reportSpend(req)),
+      ReportSpend: this.admin('ReportSpend', (req: { entries?: SpendEntryMessage[] }) => this.reportSpend(req)),
       RecordEvents: this.admin('RecordEvents', (req: { events?: EventMessage[] }) => this.recordEvents(req)),
     });
     this.health.addToServer(this.server);
@@ -693,12 +693,12 @@ export class FunnelServer {
 
   private async setAdStatus(req: { ad_ids?: string[]; status?: string }) {
     const ids = validateAdIds('ad_ids', req.ad_ids, this.config_);
-    if (req.status !== 'active' && req.status !== 'paused') throw invalid('status', 'must be "active" or "paused"');
+    const status = validateStatus(req.status);
     if (this.replica_) {
-      const { seq, result } = await this.replicate({ kind: 'status', ad_ids: ids, status: req.status }, idFields('ad_ids', ids));
+      const { seq, result } = await this.replicate({ kind: 'status', ad_ids: ids, status }, idFields('ad_ids', ids));
       return { updated: result.count, unknown_ad_ids: result.unknown, seq: String(seq) };
     }
-    const r = await this.state.setStatus(ids, req.status);
+    const r = await this.state.setStatus(ids, status);
     return { updated: r.count, unknown_ad_ids: r.unknown, seq: String(r.seq) };
   }
 
@@ -734,19 +734,8 @@ export class FunnelServer {
     return { ads: state.getAds(ids).map(({ rec, embedding }) => recordToAd(rec, embedding)) };
   }
 
-  private async reportSpend(req: { entries?: { ad_id?: string; spend_micros?: string }[] }) {
-    const limits = this.config_.limits;
-    const entries = req.entries ?? [];
-    if (entries.length === 0) throw invalid('entries', 'must not be empty');
-    if (entries.length > limits.max_batch) throw invalid('entries', `has ${entries.length} entries, more than the limit of ${limits.max_batch}`);
-    const checked = entries.map((e, i) => {
-      const adId = e.ad_id ?? '';
-      if (adId.length === 0) throw invalid(`entries[${i}].ad_id`, 'is required');
-      if (adId.length > limits.max_string_bytes) throw invalid(`entries[${i}].ad_id`, `is longer than ${limits.max_string_bytes} characters`);
-      const n = Number(e.spend_micros ?? '0');
-      if (!Number.isSafeInteger(n) || n < 0) throw invalid(`entries[${i}].spend_micros`, 'must be an integer in 0..2^53-1');
-      return { ad_id: adId, spend_micros: n };
-    });
+  private async reportSpend(req: { entries?: SpendEntryMessage[] }) {
+    const checked = validateSpendEntries(req.entries, this.config_);
     if (this.replica_) {
       const { seq, result } = await this.replicate(
         { kind: 'spend', entries: checked, time_ms: Date.now() },
@@ -759,24 +748,7 @@ export class FunnelServer {
   }
 
   private async recordEvents(req: { events?: EventMessage[] }) {
-    const limits = this.config_.limits;
-    const events = req.events ?? [];
-    if (events.length === 0) throw invalid('events', 'must not be empty');
-    if (events.length > limits.max_batch) throw invalid('events', `has ${events.length} events, more than the limit of ${limits.max_batch}`);
-    const now = Date.now();
-    const checked = events.map((e, i) => {
-      const adId = e.ad_id ?? '';
-      if (adId.length === 0) throw invalid(`events[${i}].ad_id`, 'is required');
-      if (adId.length > limits.max_string_bytes) throw invalid(`events[${i}].ad_id`, `is longer than ${limits.max_string_bytes} characters`);
-      if (e.type !== 'IMPRESSION' && e.type !== 'CLICK') throw invalid(`events[${i}].type`, 'must be IMPRESSION or CLICK');
-      const t = Number(e.timestamp_ms ?? '0');
-      if (!Number.isSafeInteger(t) || t < 0) throw invalid(`events[${i}].timestamp_ms`, 'must be epoch milliseconds >= 0');
-      if (t > now + 86_400_000) throw invalid(`events[${i}].timestamp_ms`, 'is more than a day in the future');
-      const attributes = checkAttributes(`events[${i}].attributes`, e.attributes, limits);
-      // request_id (the Retrieve that showed the ad) is for the team's own event stream to join with the feature log: checked, not stored.
-      if ((e.request_id ?? '').length > limits.max_string_bytes) throw invalid(`events[${i}].request_id`, `is longer than ${limits.max_string_bytes} characters`);
-      return { ad_id: adId, type: e.type as 'IMPRESSION' | 'CLICK', timestamp_ms: t === 0 ? now : t, attributes };
-    });
+    const checked = validateEvents(req.events, this.config_, Date.now());
     if (this.replica_) {
       const { seq, result } = await this.replicate(
         { kind: 'events', events: checked.map((e) => ({ ...e, attributes: Object.fromEntries(Object.entries(e.attributes).map(([k, v]) => [k, [...v]])) })) },
@@ -789,11 +761,12 @@ export class FunnelServer {
   }
 }
 
-/** An observer that reports every stage to `a`, then to `b`. */
+/** `field[i]` with each id, for the replica's shard-ownership check. */
 function idFields(field: string, ids: readonly string[]): { field: string; adId: string }[] {
   return ids.map((adId, i) => ({ field: `${field}[${i}]`, adId }));
 }
 
+/** An observer that reports every stage to `a`, then to `b`. */
 function bothObservers(a: StageObserver, b: StageObserver): StageObserver {
   return {
     start(name, ctx) {
@@ -809,14 +782,6 @@ function bothObservers(a: StageObserver, b: StageObserver): StageObserver {
 
 /** The spans of a call: null when tracing is off or the call was not sampled. */
 type CallTrace = RequestTrace | null;
-
-interface EventMessage {
-  ad_id?: string;
-  type?: string;
-  timestamp_ms?: string;
-  attributes?: Record<string, { values?: string[] }>;
-  request_id?: string;
-}
 
 /** Explain's request as proto-loader decodes it. */
 interface ExplainMessage {

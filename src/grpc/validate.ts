@@ -219,6 +219,68 @@ export function validateAdIds(field: string, ids: string[] | undefined, config: 
   return list;
 }
 
+/** SetAdStatus' status. */
+export function validateStatus(status: string | undefined): 'active' | 'paused' {
+  if (status !== 'active' && status !== 'paused') throw invalid('status', 'must be "active" or "paused"');
+  return status;
+}
+
+/** A ReportSpend entry as proto-loader decodes it. */
+export interface SpendEntryMessage {
+  ad_id?: string;
+  spend_micros?: string;
+}
+
+/** Validates ReportSpend's entries (limits, ad_id, spend_micros in 0..2^53-1). */
+export function validateSpendEntries(entries: SpendEntryMessage[] | undefined, config: Config): { ad_id: string; spend_micros: number }[] {
+  const limits = config.limits;
+  const list = entries ?? [];
+  if (list.length === 0) throw invalid('entries', 'must not be empty');
+  if (list.length > limits.max_batch) throw invalid('entries', `has ${list.length} entries, more than the limit of ${limits.max_batch}`);
+  return list.map((e, i) => {
+    const adId = e.ad_id ?? '';
+    if (adId.length === 0) throw invalid(`entries[${i}].ad_id`, 'is required');
+    if (adId.length > limits.max_string_bytes) throw invalid(`entries[${i}].ad_id`, `is longer than ${limits.max_string_bytes} characters`);
+    const n = Number(e.spend_micros ?? '0');
+    if (!Number.isSafeInteger(n) || n < 0) throw invalid(`entries[${i}].spend_micros`, 'must be an integer in 0..2^53-1');
+    return { ad_id: adId, spend_micros: n };
+  });
+}
+
+/** A RecordEvents event as proto-loader decodes it. */
+export interface EventMessage {
+  ad_id?: string;
+  type?: string;
+  timestamp_ms?: string;
+  attributes?: Record<string, { values?: string[] }>;
+  request_id?: string;
+}
+
+/** Validates RecordEvents' events; a timestamp of 0 becomes `now`, one more than a day ahead of it is refused. */
+export function validateEvents(
+  events: EventMessage[] | undefined,
+  config: Config,
+  now: number,
+): { ad_id: string; type: 'IMPRESSION' | 'CLICK'; timestamp_ms: number; attributes: Record<string, string[]> }[] {
+  const limits = config.limits;
+  const list = events ?? [];
+  if (list.length === 0) throw invalid('events', 'must not be empty');
+  if (list.length > limits.max_batch) throw invalid('events', `has ${list.length} events, more than the limit of ${limits.max_batch}`);
+  return list.map((e, i) => {
+    const adId = e.ad_id ?? '';
+    if (adId.length === 0) throw invalid(`events[${i}].ad_id`, 'is required');
+    if (adId.length > limits.max_string_bytes) throw invalid(`events[${i}].ad_id`, `is longer than ${limits.max_string_bytes} characters`);
+    if (e.type !== 'IMPRESSION' && e.type !== 'CLICK') throw invalid(`events[${i}].type`, 'must be IMPRESSION or CLICK');
+    const t = Number(e.timestamp_ms ?? '0');
+    if (!Number.isSafeInteger(t) || t < 0) throw invalid(`events[${i}].timestamp_ms`, 'must be epoch milliseconds >= 0');
+    if (t > now + 86_400_000) throw invalid(`events[${i}].timestamp_ms`, 'is more than a day in the future');
+    const attributes = checkAttributes(`events[${i}].attributes`, e.attributes, limits);
+    // request_id (the Retrieve that showed the ad) is for the team's own event stream to join with the feature log: checked, not stored.
+    if ((e.request_id ?? '').length > limits.max_string_bytes) throw invalid(`events[${i}].request_id`, `is longer than ${limits.max_string_bytes} characters`);
+    return { ad_id: adId, type: e.type, timestamp_ms: t === 0 ? now : t, attributes };
+  });
+}
+
 /** A uint64 sequence number as proto-loader gives it (a decimal string; absent = 0), within 0..2^53-1. */
 export function validateSeq(field: string, v: string | number | undefined): number {
   if (v === undefined || v === '') return 0;

@@ -18,8 +18,10 @@
  * split, sent to every shard at once, and answered with the summed counts and the largest
  * `seq` (the consistency token covering all of them). A shard that fails fails the call
  * (UNAVAILABLE names the shards that did apply their part: writes are per shard, not atomic
- * across shards). The caller's authorization metadata is passed on; the shards check it.
- * GetAds is a read: hedged like Retrieve, and each shard is asked with `min_seq` at least the
+ * across shards). Each call is first validated whole here with the shards' own checks (all but
+ * the catalog's dimension, which only the shards know), so a bad field anywhere in a call that
+ * spans shards is refused before any shard applies its part. The caller's authorization
+ * metadata is passed on; the shards check it. GetAds is a read: hedged like Retrieve, and each shard is asked with `min_seq` at least the
  * largest `seq` this root has acknowledged for it, so a GetAds through a root sees every write
  * that root answered OK, whichever replica serves it.
  */
@@ -30,7 +32,18 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/schema';
 import { packageDefinition, reflectedDefinition } from '../grpc/proto';
 import { decodeRetrieveRequest, withNumResults } from '../grpc/codec';
-import { RpcError, validateSeq } from '../grpc/validate';
+import {
+  RpcError,
+  validateAdIds,
+  validateAds,
+  validateEvents,
+  validateSeq,
+  validateSpendEntries,
+  validateStatus,
+  type AdMessage,
+  type EventMessage,
+  type SpendEntryMessage,
+} from '../grpc/validate';
 import { checkBearer, rawRetrievalService, serverOptions } from '../grpc/server';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
@@ -137,12 +150,36 @@ export class RootServer {
       Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call, t) => this.explain(call, t)),
     });
     this.server.addService(def['funnel.v1.Admin'] as grpc.ServiceDefinition, {
-      UpsertAds: this.unary('funnel.v1.Admin', 'UpsertAds', (call) => this.route(call, 'UpsertAds', 'ads', (a: { ad_id?: string }) => a.ad_id, sumUpsert)),
-      SetAdStatus: this.unary('funnel.v1.Admin', 'SetAdStatus', (call) => this.route(call, 'SetAdStatus', 'ad_ids', (id: string) => id, sumCounted('updated'))),
-      DeleteAds: this.unary('funnel.v1.Admin', 'DeleteAds', (call) => this.route(call, 'DeleteAds', 'ad_ids', (id: string) => id, sumCounted('deleted'))),
-      GetAds: this.unary('funnel.v1.Admin', 'GetAds', (call) => this.route(call, 'GetAds', 'ad_ids', (id: string) => id, concatAds)),
-      ReportSpend: this.unary('funnel.v1.Admin', 'ReportSpend', (call) => this.route(call, 'ReportSpend', 'entries', (e: { ad_id?: string }) => e.ad_id, sumCounted('applied'))),
-      RecordEvents: this.unary('funnel.v1.Admin', 'RecordEvents', (call) => this.route(call, 'RecordEvents', 'events', (e: { ad_id?: string }) => e.ad_id, sumCounted('applied'))),
+      // Each call is validated whole here before any shard is asked: a bad field anywhere in a
+      // write that spans shards is refused with nothing applied (the shards check it again).
+      UpsertAds: this.unary('funnel.v1.Admin', 'UpsertAds', (call) =>
+        this.route(call, 'UpsertAds', 'ads', (a: { ad_id?: string }) => a.ad_id, sumUpsert, (r: { ads?: AdMessage[] }) => validateAds(r.ads, this.config_, null)),
+      ),
+      SetAdStatus: this.unary('funnel.v1.Admin', 'SetAdStatus', (call) =>
+        this.route(call, 'SetAdStatus', 'ad_ids', (id: string) => id, sumCounted('updated'), (r: { ad_ids?: string[]; status?: string }) => {
+          validateAdIds('ad_ids', r.ad_ids, this.config_);
+          validateStatus(r.status);
+        }),
+      ),
+      DeleteAds: this.unary('funnel.v1.Admin', 'DeleteAds', (call) =>
+        this.route(call, 'DeleteAds', 'ad_ids', (id: string) => id, sumCounted('deleted'), (r: { ad_ids?: string[] }) => validateAdIds('ad_ids', r.ad_ids, this.config_)),
+      ),
+      GetAds: this.unary('funnel.v1.Admin', 'GetAds', (call) =>
+        this.route(call, 'GetAds', 'ad_ids', (id: string) => id, concatAds, (r: { ad_ids?: string[]; min_seq?: string }) => {
+          validateAdIds('ad_ids', r.ad_ids, this.config_);
+          validateSeq('min_seq', r.min_seq);
+        }),
+      ),
+      ReportSpend: this.unary('funnel.v1.Admin', 'ReportSpend', (call) =>
+        this.route(call, 'ReportSpend', 'entries', (e: { ad_id?: string }) => e.ad_id, sumCounted('applied'), (r: { entries?: SpendEntryMessage[] }) =>
+          validateSpendEntries(r.entries, this.config_),
+        ),
+      ),
+      RecordEvents: this.unary('funnel.v1.Admin', 'RecordEvents', (call) =>
+        this.route(call, 'RecordEvents', 'events', (e: { ad_id?: string }) => e.ad_id, sumCounted('applied'), (r: { events?: EventMessage[] }) =>
+          validateEvents(r.events, this.config_, Date.now()),
+        ),
+      ),
     });
     this.health.addToServer(this.server);
     new ReflectionService(reflectedDefinition()).addToServer(this.server);
@@ -389,9 +426,11 @@ export class RootServer {
     field: string,
     idOf: (item: T) => string | undefined,
     combine: (answers: unknown[]) => unknown,
+    validate: (req: never) => unknown,
   ): Promise<unknown> {
     this.authorize(call);
     const req = (call.request ?? {}) as Record<string, unknown>;
+    validate(req as never);
     const items = (req[field] as T[] | undefined) ?? [];
     if (items.length === 0) throw new RpcError(grpc.status.INVALID_ARGUMENT, `${field}: must not be empty`);
     const count = this.groups.length;

@@ -293,6 +293,12 @@ describe('cluster: 2 shards x 2 replicas behind funnel root, writes through NATS
     const err = await rpcError(rootAdmin.upsertAds({ ads: [adMsg(ok0[0]), adMsg(ok1), adMsg(ok0[1], { category: '' })] }));
     assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
     assert.match(err.details, /^ads\[2\]\.category/);
+    // Refused whole by the root: no shard applied its part.
+    assert.deepEqual((await rootAdmin.getAds({ ad_ids: [...ok0, ok1] })).ads, []);
+    // What only the shard knows (the catalog's dimension) is still named at its place in the call.
+    const dim = await rpcError(rootAdmin.upsertAds({ ads: [adMsg(ok1, { embedding: [1, 2] }), adMsg(ok0[0], { embedding: [1, 2] })] }));
+    assert.equal(dim.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(dim.details, /^ads\[[01]\]\.embedding: has 2 values, the catalog's dimension is/);
     const unauth = await rpcError(adminClient(root.addr, 'wrong-token-0123456789').setAdStatus({ ad_ids: ['ad-1'], status: 'paused' }));
     assert.equal(unauth.code, grpc.status.UNAUTHENTICATED);
   });

@@ -68,15 +68,31 @@ interface FakeShard {
   /** The min_seq of every GetAds this shard was asked, in order. */
   getAdsMinSeq: string[];
   nextSeq: number;
+  /** Write calls this shard was sent. */
+  writes: number;
 }
 
 async function fakeShard(seqFrom: number): Promise<FakeShard> {
   const server = new grpc.Server();
-  const shard: FakeShard = { server, addr: '', getAdsMinSeq: [], nextSeq: seqFrom };
+  const shard: FakeShard = { server, addr: '', getAdsMinSeq: [], nextSeq: seqFrom, writes: 0 };
   const def = packageDefinition();
   server.addService(def['funnel.v1.Admin'] as grpc.ServiceDefinition, {
-    UpsertAds: (call: grpc.ServerUnaryCall<{ ads: { ad_id: string }[] }, unknown>, cb: grpc.sendUnaryData<unknown>) =>
-      cb(null, { inserted: call.request.ads.length, updated: 0, seq: String(shard.nextSeq++) }),
+    UpsertAds: (call: grpc.ServerUnaryCall<{ ads: { ad_id: string }[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      shard.writes++;
+      cb(null, { inserted: call.request.ads.length, updated: 0, seq: String(shard.nextSeq++) });
+    },
+    ReportSpend: (call: grpc.ServerUnaryCall<{ entries: unknown[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      shard.writes++;
+      cb(null, { applied: call.request.entries.length, seq: String(shard.nextSeq++) });
+    },
+    RecordEvents: (call: grpc.ServerUnaryCall<{ events: unknown[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      shard.writes++;
+      cb(null, { applied: call.request.events.length, seq: String(shard.nextSeq++) });
+    },
+    SetAdStatus: (call: grpc.ServerUnaryCall<{ ad_ids: string[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      shard.writes++;
+      cb(null, { updated: call.request.ad_ids.length, seq: String(shard.nextSeq++) });
+    },
     GetAds: (call: grpc.ServerUnaryCall<{ ad_ids: string[]; min_seq?: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       shard.getAdsMinSeq.push(call.request.min_seq ?? '0');
       cb(null, { ads: call.request.ad_ids.map((id) => ({ ad_id: id })) });
@@ -86,6 +102,11 @@ async function fakeShard(seqFrom: number): Promise<FakeShard> {
   const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
   shard.addr = `127.0.0.1:${port}`;
   return shard;
+}
+
+/** A valid Admin ad (the root validates writes before routing them). */
+function ad(id: string, extra: Record<string, unknown> = {}) {
+  return { ad_id: id, advertiser_id: 'x', campaign_id: 'y', category: 'z', bid_micros: '10', quality: 1, embedding: [1, 0], ...extra };
 }
 
 function idOfShard(shard: number, prefix: string): string {
@@ -115,7 +136,7 @@ describe('root Admin routing', function () {
     await admin!.getAds({ ad_ids: [a0, a1] });
     assert.deepEqual([shards[0].getAdsMinSeq, shards[1].getAdsMinSeq], [['0'], ['0']]);
 
-    const up = await admin!.upsertAds({ ads: [{ ad_id: a0 }] });
+    const up = await admin!.upsertAds({ ads: [ad(a0)] });
     assert.equal(up.seq, '100');
     await admin!.getAds({ ad_ids: [a0, a1] });
     assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['100', '0']);
@@ -127,10 +148,31 @@ describe('root Admin routing', function () {
     assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['100', '50']);
 
     // A write spanning both shards raises both, each to its own seq.
-    const two = await admin!.upsertAds({ ads: [{ ad_id: idOfShard(0, 'b') }, { ad_id: idOfShard(1, 'b') }] });
+    const two = await admin!.upsertAds({ ads: [ad(idOfShard(0, 'b')), ad(idOfShard(1, 'b'))] });
     assert.equal(two.seq, '500');
     await admin!.getAds({ ad_ids: [a1, a0] });
     assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['101', '500']);
+  });
+
+  it('when a write spanning both shards has a bad field anywhere, then the root refuses it naming the field and sends no shard anything', async () => {
+    const a0 = idOfShard(0, 'd');
+    const a1 = idOfShard(1, 'd');
+    const cases: [Promise<unknown>, RegExp][] = [
+      [admin!.upsertAds({ ads: [ad(a0), ad(a1, { category: '' })] }), /^ads\[1\]\.category: /],
+      [admin!.upsertAds({ ads: [ad(a0), ad(a1, { embedding: [1, 0, 0] })] }), /^ads\[1\]\.embedding: has 3 values/],
+      [admin!.reportSpend({ entries: [{ ad_id: a1, spend_micros: '5' }, { ad_id: a0, spend_micros: '18446744073709551615' }] }), /^entries\[1\]\.spend_micros: /],
+      [admin!.recordEvents({ events: [{ ad_id: a0, type: 'CLICK' }, { ad_id: a1, type: 'VIEW' }] } as never), /^events\[1\]\.type: /],
+      [admin!.setAdStatus({ ad_ids: [a0, a1], status: 'gone' }), /^status: /],
+    ];
+    for (const [call, re] of cases) {
+      const err = await rpcError(call);
+      assert.equal(err.code, grpc.status.INVALID_ARGUMENT, err.details);
+      assert.match(err.details, re);
+    }
+    assert.deepEqual([shards[0].writes, shards[1].writes], [0, 0]);
+    // A good one goes to both.
+    await admin!.reportSpend({ entries: [{ ad_id: a1, spend_micros: '5' }, { ad_id: a0, spend_micros: '7' }] });
+    assert.deepEqual([shards[0].writes, shards[1].writes], [1, 1]);
   });
 
   it('when GetAds min_seq is past 2^53 - 1, then the root answers INVALID_ARGUMENT naming min_seq and asks no shard', async () => {
