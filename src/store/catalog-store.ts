@@ -759,6 +759,14 @@ export class CatalogStore {
     });
   }
 
+  /**
+   * Writes a consistent copy of the LMDB file to `dest` (one read transaction, off the event
+   * loop; writers go on meanwhile). The copy is not compacted: its size is the file's.
+   */
+  backup(dest: string): Promise<void> {
+    return this.env.backup(dest, false);
+  }
+
   /** Bytes of the LMDB file on disk. */
   lmdbBytes(): number {
     return fs.statSync(path.join(this.dir, LMDB_FILE)).size;
