@@ -160,6 +160,7 @@ export async function start(options: StartOptions): Promise<Running> {
     ? new Replica(options.cluster.nats, options.cluster.shard, config, log, {
         applied: (kind) => metrics.replicationApplied(kind),
         parked: (reason) => metrics.replicationParked(reason),
+        snapshot: (outcome, seconds) => metrics.replicationSnapshot(outcome, seconds),
       })
     : undefined;
   let metricsServer: MetricsServer | null = null;
@@ -180,7 +181,7 @@ export async function start(options: StartOptions): Promise<Running> {
       if (replica) {
         // Health says NOT_SERVING meanwhile: the shard's writes are applied before anything is served.
         const boot = await replica.bootstrap(options.dataDir);
-        log.info({ shard: `${options.cluster!.shard.index}/${options.cluster!.shard.count}`, ...boot }, 'replica bootstrapped from the stream');
+        log.info({ shard: `${options.cluster!.shard.index}/${options.cluster!.shard.count}`, ...boot }, boot.snapshot ? 'replica bootstrapped from a snapshot and the stream' : 'replica bootstrapped from the stream');
       }
       state = await ServingState.open(options.dataDir, config, log, options.stateOptions);
     }

@@ -30,6 +30,8 @@ import {
   type MsgRequest,
 } from '@nats-io/jetstream';
 import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Logger } from 'pino';
 import type { ClusterConfig, Config } from '../config/schema';
 import { CatalogStore, DataDirError } from '../store/catalog-store';
@@ -37,6 +39,7 @@ import type { ServingState } from '../serving/state';
 import { PopularityState } from '../serving/popularity';
 import { BadMessage, decodeMessage, encodeMessage, type StreamMessage } from './messages';
 import { shardSubject, type ShardSpec } from './shard';
+import { ShardSnapshots, openSnapshotStore, type SnapshotManifest } from './snapshot';
 
 /** A NATS connection. */
 export type NatsConnection = Awaited<ReturnType<typeof connect>>;
@@ -75,6 +78,8 @@ export class ReplicationError extends Error {
 export interface ReplicaObserver {
   applied?(kind: string): void;
   parked?(reason: string): void;
+  /** A snapshot upload (`taken`, `failed`) or restore (`restored`, `restore_failed`), and how long it took. */
+  snapshot?(outcome: 'taken' | 'failed' | 'restored' | 'restore_failed', seconds: number): void;
 }
 
 /** Connects to NATS (retrying forever) and makes sure the stream exists. */
@@ -187,6 +192,12 @@ export class Replica {
   private lastDeliveryMs = Date.now();
   private applying = false;
   private watermarking = false;
+  private snapshots_: ShardSnapshots | null = null;
+  private snapshotTimer: NodeJS.Timeout | undefined;
+  private snapshotting = false;
+  private snapshotRun: Promise<unknown> | null = null;
+  /** The stream sequence number of the last snapshot this replica uploaded (0: none). */
+  private snapshotSeq = 0;
 
   constructor(
     private readonly url: string,
@@ -229,8 +240,17 @@ export class Replica {
    * stream as it stood when this started; with a directory that already holds data, gives up
    * waiting for NATS after `connectWaitMs` (and serves what it has; consumption goes on later).
    */
-  async bootstrap(dataDir: string, connectWaitMs = 10_000): Promise<{ applied: number; seconds: number; from: number; to: number }> {
+  async bootstrap(
+    dataDir: string,
+    connectWaitMs = 10_000,
+  ): Promise<{ applied: number; seconds: number; from: number; to: number; snapshot: { stream_seq: number; ads: number; bytes: number; seconds: number } | null }> {
     const started = Date.now();
+    // An empty directory: from the shard's newest snapshot when there is one, then the stream after it.
+    let snapshot: { stream_seq: number; ads: number; bytes: number; seconds: number } | null = null;
+    if (this.config.cluster.snapshot.restore && isEmptyDir(dataDir)) {
+      await this.connect();
+      snapshot = await this.restoreSnapshot(dataDir);
+    }
     const store = CatalogStore.open(dataDir, { create: true });
     this.store = store;
     this.applied_ = store.streamSeq;
@@ -248,7 +268,7 @@ export class Replica {
       await store.close();
       this.store = null;
       this.bootstrapping = false;
-      return { applied: 0, seconds: (Date.now() - started) / 1000, from, to: this.applied_ };
+      return { applied: 0, seconds: (Date.now() - started) / 1000, from, to: this.applied_, snapshot };
     }
     const last = await this.lastOfShard();
     this.log.info({ subject: this.subject, applied: this.applied_, stream_last: last }, 'replica catching up from the stream before serving');
@@ -268,7 +288,87 @@ export class Replica {
     this.store = null;
     const seconds = (Date.now() - started) / 1000;
     this.log.info({ applied, seconds, stream_seq: this.applied_ }, 'replica caught up with the stream');
-    return { applied, seconds, from, to: this.applied_ };
+    return { applied, seconds, from, to: this.applied_, snapshot };
+  }
+
+  /** The shard's snapshots (the bucket is created when missing). */
+  private async snapshots(): Promise<ShardSnapshots> {
+    if (!this.snapshots_) {
+      const c = this.config.cluster;
+      const os = await openSnapshotStore(this.nc!, c.snapshot.bucket, c.stream_replicas);
+      this.snapshots_ = new ShardSnapshots(os, `${this.shard.count}.${this.shard.index}`, this.js!);
+    }
+    return this.snapshots_;
+  }
+
+  /** Fills the empty `dataDir` from the shard's newest snapshot of this stream; null (and the directory still empty) when there is none or it fails. */
+  private async restoreSnapshot(dataDir: string): Promise<{ stream_seq: number; ads: number; bytes: number; seconds: number } | null> {
+    const started = Date.now();
+    try {
+      const c = this.config.cluster;
+      const info = await this.jsm!.streams.info(c.stream);
+      const m = await (await this.snapshots()).restore(dataDir, { name: c.stream, created: info.created });
+      if (!m) {
+        this.log.info({ bucket: c.snapshot.bucket }, 'no snapshot of this shard for this stream: filling the directory from the whole stream');
+        return null;
+      }
+      const seconds = (Date.now() - started) / 1000;
+      const bytes = m.lmdb_bytes + m.ann_bytes;
+      this.observer.snapshot?.('restored', seconds);
+      this.log.info({ stream_seq: m.stream_seq, ads: m.ads, bytes, seconds, taken: new Date(m.created_ms).toISOString() }, 'restored the shard from its snapshot; applying the stream after it');
+      return { stream_seq: m.stream_seq, ads: m.ads, bytes, seconds };
+    } catch (err) {
+      this.observer.snapshot?.('restore_failed', (Date.now() - started) / 1000);
+      this.log.warn({ err: (err as Error).message }, 'restoring from a snapshot failed: filling the directory from the whole stream');
+      return null;
+    }
+  }
+
+  private scheduleSnapshot(): void {
+    const every = this.config.cluster.snapshot.interval_s;
+    if (this.closed) return;
+    // 0 (never) is checked again each minute, so a reload can turn snapshots on. The first wait is
+    // jittered so that the replicas of a shard do not all upload at once.
+    const ms = every > 0 ? every * 1000 * (this.snapshotTimer === undefined ? 0.5 + Math.random() * 0.5 : 1) : 60_000;
+    this.snapshotTimer = setTimeout(() => {
+      this.snapshotRun = this.snapshotOnce().finally(() => this.scheduleSnapshot());
+    }, ms);
+    this.snapshotTimer.unref();
+  }
+
+  /**
+   * Uploads a snapshot of this replica's data directory when it has applied at least
+   * cluster.snapshot.min_messages past the shard's newest one. Resolves to the manifest
+   * uploaded, or null when none was due (or it failed: logged, counted, tried again next time).
+   */
+  async snapshotOnce(): Promise<SnapshotManifest | null> {
+    const c = this.config.cluster;
+    if (this.snapshotting || !this.state || !this.jsm || !this.connected_ || this.closed) return null;
+    if (c.snapshot.interval_s === 0) return null;
+    this.snapshotting = true;
+    const started = Date.now();
+    const work = path.join(this.state.store.dir, '.snapshot');
+    try {
+      const snaps = await this.snapshots();
+      const info = await this.jsm.streams.info(c.stream);
+      const newest = await snaps.manifest();
+      const base = newest && newest.stream === c.stream && newest.stream_created === info.created ? newest.stream_seq : 0;
+      if (this.applied_ - Math.max(base, this.snapshotSeq) < c.snapshot.min_messages) return null;
+      fs.rmSync(work, { recursive: true, force: true });
+      const m = await snaps.take(this.state.store, work, `${this.shard.index}/${this.shard.count}`, { name: c.stream, created: info.created });
+      this.snapshotSeq = m.stream_seq;
+      const seconds = (Date.now() - started) / 1000;
+      this.observer.snapshot?.('taken', seconds);
+      this.log.info({ stream_seq: m.stream_seq, ads: m.ads, bytes: m.lmdb_bytes + m.ann_bytes, seconds, bucket: c.snapshot.bucket }, 'uploaded a snapshot of the shard');
+      return m;
+    } catch (err) {
+      this.observer.snapshot?.('failed', (Date.now() - started) / 1000);
+      this.log.warn({ err: (err as Error).message }, 'uploading a snapshot of the shard failed; trying again at the next interval');
+      return null;
+    } finally {
+      fs.rmSync(work, { recursive: true, force: true });
+      this.snapshotting = false;
+    }
   }
 
   /** Serves `state` from now on: later messages are applied to it as they come. */
@@ -277,6 +377,7 @@ export class Replica {
     this.bootstrapping = false;
     this.watermarkTimer = setInterval(() => void this.watermark(), 1000);
     this.watermarkTimer.unref();
+    this.scheduleSnapshot();
     // The state read the store after bootstrap: nothing in between was applied elsewhere.
     if (this.js) void this.startConsuming();
     else
@@ -642,6 +743,7 @@ export class Replica {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.watermarkTimer);
+    clearTimeout(this.snapshotTimer);
     await this.stopConsuming();
     for (const list of [...this.waiters.values(), ...this.ownWaiters.values()]) for (const w of list) w(false);
     this.waiters.clear();
@@ -651,9 +753,21 @@ export class Replica {
     this.js = null;
     this.jsm = null;
     await nc?.drain().catch(() => undefined);
+    // An upload in progress fails with the connection; its copy of the store is done before the store closes.
+    await this.snapshotRun?.catch(() => undefined);
   }
 }
 
 function toIncoming(m: JsMsg): Incoming {
   return { seq: m.seq, timestampMs: m.info.timestampNanos / 1e6, pending: m.info.pending, data: m.data, subject: m.subject };
+}
+
+/** True when `dir` does not exist or holds nothing. */
+function isEmptyDir(dir: string): boolean {
+  try {
+    return fs.readdirSync(dir).length === 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
 }

@@ -338,6 +338,16 @@ export const featureLogSchema = z
   })
   .strict();
 
+/** Shard snapshots in a JetStream object store (a replica's bootstrap and upkeep). */
+export const snapshotSchema = z
+  .object({
+    bucket: z.string().min(1).max(64).regex(/^[A-Za-z0-9_-]+$/, 'must be letters, digits, _ -').default('FUNNEL_SNAPSHOTS').describe('JetStream object store holding each shard\'s newest snapshot (created with stream_replicas copies; read at start)'),
+    interval_s: int(0, 7 * 86_400).default(900).describe('a serving replica checks this often whether to upload a snapshot of its shard (0 = never upload)'),
+    min_messages: int(1, 1_000_000_000).default(10_000).describe("it uploads one when what it applied is at least this many stream sequence numbers past the newest snapshot's (every shard's messages count: the stream is shared)"),
+    restore: z.boolean().default(true).describe('an empty data directory is filled from the newest snapshot (then the stream after it) instead of the whole stream'),
+  })
+  .strict();
+
 /**
  * Replication (`funnel serve --nats URL --shard I/N`, `funnel ingest --nats`): the JetStream
  * stream the writes go through and how far behind a replica may fall before it stops serving.
@@ -355,12 +365,14 @@ export const clusterSchema = z
       .default('funnel.writes')
       .describe('shard I of N publishes to and applies "<subject_prefix>.<N>.<I>" (read at start)'),
     stream_replicas: int(1, 5).default(1).describe('JetStream replicas (R) of the stream when this process creates it; 3 in production (read at start)'),
-    publish_timeout_ms: int(10, 60_000).default(5000).describe('an Admin write the stream has not acknowledged by then fails UNAVAILABLE (nothing applied)'),
+    publish_timeout_ms: int(10, 60_000).default(5000).describe('an Admin write the stream has not acknowledged by then fails UNAVAILABLE (it may still be applied)'),
     apply_timeout_ms: int(10, 600_000).default(10_000).describe('an Admin write acknowledged by the stream but not applied here by then fails UNAVAILABLE (it stays in the stream and is applied later)'),
     max_lag_seconds: z.number().min(0).max(86_400).default(30).describe('a replica whose oldest unapplied write is older than this reports NOT_SERVING (0 = never)'),
     max_lag_messages: int(0, 1_000_000_000).default(100_000).describe('a replica this many writes behind reports NOT_SERVING (0 = never)'),
+    snapshot: snapshotSchema.default(() => snapshotSchema.parse({})),
   })
   .strict();
+
 
 /** `funnel root`: fan-out to the shards' replicas. All reload. */
 export const rootSchema = z

@@ -45,6 +45,8 @@ export const METRIC_NAMES = [
   'funnel_replication_lag_seconds',
   'funnel_replication_applied_total',
   'funnel_replication_parked_total',
+  'funnel_replication_snapshots_total',
+  'funnel_replication_snapshot_seconds',
   'funnel_replication_connected',
   'funnel_root_shard_requests_total',
   'funnel_root_shard_duration_seconds',
@@ -107,6 +109,8 @@ export class Metrics implements ShadowListener {
   private lastVersion: string | undefined;
   private readonly replApplied: Counter<'kind'>;
   private readonly replParked: Counter<'reason'>;
+  private readonly replSnapshots: Counter<'outcome'>;
+  private readonly replSnapshotSeconds: Gauge<'outcome'>;
   private readonly shardRequests: Counter<'shard' | 'code'>;
   private readonly shardDuration: Histogram<'shard'>;
   private readonly hedges: Counter<'shard' | 'outcome'>;
@@ -264,6 +268,8 @@ export class Metrics implements ShadowListener {
     });
     this.replApplied = new Counter({ name: 'funnel_replication_applied_total', help: 'Stream messages applied by this replica, by kind (upsert, status, delete, spend, events, ingest_begin, ingest_chunk, ingest_commit)', labelNames: ['kind'], registers: [r] });
     this.replParked = new Counter({ name: 'funnel_replication_parked_total', help: 'Malformed stream messages logged and parked (skipped, never applied in part), by reason', labelNames: ['reason'], registers: [r] });
+    this.replSnapshots = new Counter({ name: 'funnel_replication_snapshots_total', help: 'Shard snapshots uploaded (taken, failed) or restored into an empty data directory (restored, restore_failed)', labelNames: ['outcome'], registers: [r] });
+    this.replSnapshotSeconds = new Gauge({ name: 'funnel_replication_snapshot_seconds', help: 'Seconds the last snapshot upload or restore took, by outcome', labelNames: ['outcome'], aggregator: 'max', registers: [r] });
     const repl = (pick: (x: { appliedSeq: number; lagMessages: number; lagSeconds: number; connected: boolean }) => number) =>
       function (this: Gauge) {
         const x = self.source?.replication?.();
@@ -366,6 +372,12 @@ export class Metrics implements ShadowListener {
   /** Counts one malformed stream message parked. */
   replicationParked(reason: string): void {
     this.replParked.inc({ reason });
+  }
+
+  /** Counts one snapshot upload or restore and records how long it took. */
+  replicationSnapshot(outcome: string, seconds: number): void {
+    this.replSnapshots.inc({ outcome });
+    this.replSnapshotSeconds.set({ outcome }, seconds);
   }
 
   /** Records one call of the root to a shard replica. */

@@ -562,6 +562,54 @@ describe('cluster: 2 shards x 2 replicas behind funnel root, writes through NATS
     }
   });
 
+  it('when a replica has uploaded a snapshot of its shard, then a new replica on an empty directory restores it and applies only the stream after it', async () => {
+    const snapConfig = writeTestConfig(dir, 'snap.yaml', 'cluster: { snapshot: { interval_s: 1, min_messages: 1 } }\n');
+    const before = idsOfShard('snap', 1, 3);
+    await rootAdmin.upsertAds({ ads: before.map((id) => adMsg(id)) });
+    const taker = await startReplica({ nats: nats.url, shard: `1/${SHARDS}`, data: path.join(dir, 'data-snap-taker'), tokenFile, config: snapConfig });
+    replicas.push([taker]);
+    const shot = await taker.waitOutput(/"stream_seq":(\d+),"ads":(\d+).*uploaded a snapshot of the shard/, 60_000, true);
+    const snapSeq = Number(shot[1]);
+    const later = idsOfShard('snap-later', 1, 2);
+    const l = await rootAdmin.upsertAds({ ads: later.map((id) => adMsg(id)) });
+    assert.ok(Number(l.seq) > snapSeq);
+    // The default config: restore on, never upload (within the test).
+    const fresh = await startReplica({ nats: nats.url, shard: `1/${SHARDS}`, data: path.join(dir, 'data-snap-fresh'), tokenFile, config });
+    replicas.push([fresh]);
+    const restored = /"stream_seq":(\d+),"ads":(\d+),"bytes":(\d+).*restored the shard from its snapshot/.exec(fresh.stderr());
+    assert.ok(restored, fresh.stderr().slice(-3000));
+    assert.ok(Number(restored[1]) >= snapSeq);
+    const boot = /"applied":(\d+).*replica bootstrapped from a snapshot and the stream/.exec(fresh.stderr());
+    assert.ok(boot, fresh.stderr().slice(-3000));
+    // Only what came after the snapshot was applied from the stream: far fewer than the shard's history.
+    const shard1 = [...rows.keys()].filter((id) => shardOf(id, SHARDS) === 1);
+    assert.ok(Number(boot[1]) < shard1.length / 2, `applied ${boot[1]} messages from the stream after the snapshot`);
+    // It holds what a replica that applied the whole stream holds.
+    const ids = [...shard1, ...before, ...later];
+    const want = adminClient(replicaAddr(1, 0));
+    const got = adminClient(fresh.addr);
+    try {
+      const a = (await want.getAds({ ad_ids: ids, min_seq: l.seq! }, { deadlineMs: 20_000 })).ads.map((x) => x.ad_id);
+      const b = (await got.getAds({ ad_ids: ids, min_seq: l.seq! }, { deadlineMs: 20_000 })).ads.map((x) => x.ad_id);
+      assert.ok(b.includes(later[1]) && b.includes(before[0]));
+      assert.deepEqual(b, a);
+      // And answers the same Retrieve the same way.
+      const req = { attributes: attrs({ country: ['US'] }), user_embedding: row(3, DIM).embedding as number[], num_results: 20, min_seq: l.seq };
+      const ra = retrievalClient(replicaAddr(1, 0));
+      const rb = retrievalClient(fresh.addr);
+      try {
+        assert.deepEqual(adIds(await rb.retrieve(req)), adIds(await ra.retrieve(req)));
+      } finally {
+        ra.close();
+        rb.close();
+      }
+    } finally {
+      want.close();
+      got.close();
+      await rootAdmin.deleteAds({ ad_ids: [...before, ...later] });
+    }
+  });
+
   it('when ingest --nats is given a file with a bad row, then it exits 1 naming the line and publishes nothing', async () => {
     const rowsIn = [row(9001, DIM), { ...row(9002, DIM), bid_micros: -5 }, row(9003, DIM)];
     const file = writeCatalog(dir, 'bad.jsonl', rowsIn);

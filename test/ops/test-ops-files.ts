@@ -601,11 +601,12 @@ describe('ops files', () => {
       rule('FunnelReplicationParked', 'warning', '0m', /increase\(funnel_replication_parked_total\[10m\]\) > 0/);
       rule('FunnelNatsDisconnected', 'warning', '1m', /funnel_replication_connected == 0/);
       rule('FunnelNatsDown', 'critical', '1m', /max\(funnel_replication_connected\) == 0/);
+      rule('FunnelSnapshotFailing', 'warning', '30m', /increase\(funnel_replication_snapshots_total\{outcome="failed"\}\[1h\]\)\) > 0/);
       rule('FunnelRootShardDegraded', 'warning', '5m', /sum by \(shard\) \(rate\(funnel_root_degraded_total\[5m\]\)\) > 0/);
       rule('FunnelShardReplicasMissing', 'warning', '5m', /max by \(shard\) \(funnel_root_live_replicas\) < 2/);
       rule('FunnelShardDown', 'critical', '1m', /max by \(shard\) \(funnel_root_live_replicas\) == 0/);
       const tested = read('alerts', 'funnel-rules.test.yaml');
-      for (const name of [...rules.keys()].filter((n) => /Replica|Replication|Nats|Shard/.test(n))) {
+      for (const name of [...rules.keys()].filter((n) => /Replica|Replication|Nats|Shard|Snapshot/.test(n))) {
         assert.match(tested, new RegExp(`\\b${name}\\b`), `${name} has no promtool test case`);
       }
     });
