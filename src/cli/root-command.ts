@@ -7,7 +7,6 @@ import * as fs from 'node:fs';
 import { defaultConfig, parseConfigText } from '../config/load';
 import type { Config } from '../config/schema';
 import { ConfigWatcher, type ReloadOutcome } from '../config/watch';
-import { LoopLag } from '../grpc/loop-lag';
 import { defaultLogger, packageVersion } from '../main';
 import { parseShardList } from '../root/shards';
 import { RootServer } from '../root/root-server';
@@ -49,7 +48,6 @@ export async function runRoot(opts: RootCommandOptions): Promise<number> {
   }
   const tracing = initTracing({ serviceVersion: packageVersion() });
   const metrics = new Metrics();
-  const loopLag = new LoopLag().start();
   let adminToken: string | undefined;
   if (opts.adminTokenFile) {
     try {
@@ -66,7 +64,7 @@ export async function runRoot(opts: RootCommandOptions): Promise<number> {
   const root = new RootServer(config, { host: opts.host, port: opts.port, shards, drainTimeoutMs: opts.drainTimeoutMs, adminToken }, log, { metrics, tracer: tracing.tracer });
   metrics.attach({
     inFlight: () => root.inFlightCount,
-    eventLoopLagMs: () => loopLag.lagMs,
+    eventLoopLagMs: () => root.loopLagMs,
     sizes: () => null,
     configVersion: () => root.config.version,
     dataSeq: () => null,
@@ -80,7 +78,6 @@ export async function runRoot(opts: RootCommandOptions): Promise<number> {
     port = await root.listen();
   } catch (err) {
     root.forceStop();
-    loopLag.stop();
     await metricsServer?.close();
     await tracing.shutdown().catch(() => undefined);
     process.stderr.write(`funnel root: ${(err as Error).message}\n`);
@@ -107,7 +104,6 @@ export async function runRoot(opts: RootCommandOptions): Promise<number> {
       void root
         .drain()
         .then(async () => {
-          loopLag.stop();
           await metricsServer?.close();
           await tracing.shutdown().catch(() => undefined);
           log.info({}, 'stopped');

@@ -45,6 +45,8 @@ import {
   type SpendEntryMessage,
 } from '../grpc/validate';
 import { checkBearer, rawRetrievalService, serverOptions } from '../grpc/server';
+import { AdmissionControl, type Permit, type Refusal } from '../grpc/admission';
+import { LoopLag } from '../grpc/loop-lag';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
 import { extractContext } from '../telemetry/tracing';
@@ -129,6 +131,8 @@ export class RootServer {
   private draining = false;
   private calls = 0;
   private config_: Config;
+  private readonly admission: AdmissionControl;
+  private readonly loopLag = new LoopLag().start();
   /** Per shard: the largest stream sequence number of a write this root answered OK. */
   private readonly ackedSeq: number[];
 
@@ -141,13 +145,14 @@ export class RootServer {
     this.config_ = config;
     this.groups = options.shards.map((replicas, i) => new ShardGroup(i, replicas.map((a) => new ReplicaLink(a))));
     this.ackedSeq = this.groups.map(() => 0);
+    this.admission = new AdmissionControl((limit) => telemetry.metrics?.concurrencyLimit(limit));
     this.server = new grpc.Server(serverOptions(config));
     const def = packageDefinition();
     // Retrieve: its request bytes are decoded by the codec (and passed to the shards as they
     // are, with num_results appended), its answer encoded straight to bytes.
     this.server.addService(rawRetrievalService(), {
-      Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t)),
-      Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call, t) => this.explain(call, t)),
+      Retrieve: this.unary('funnel.v1.Retrieval', 'Retrieve', (call, t) => this.retrieve(call, t), true),
+      Explain: this.unary('funnel.v1.Retrieval', 'Explain', (call, t) => this.explain(call, t), true),
     });
     this.server.addService(def['funnel.v1.Admin'] as grpc.ServiceDefinition, {
       // Each call is validated whole here before any shard is asked: a bad field anywhere in a
@@ -202,6 +207,11 @@ export class RootServer {
     return this.calls;
   }
 
+  /** Sustained event-loop lag now, ms (admission sheds past limits.shed_event_loop_lag_ms). */
+  get loopLagMs(): number {
+    return this.loopLag.lagMs;
+  }
+
   async listen(): Promise<number> {
     const port = await new Promise<number>((resolve, reject) =>
       this.server.bindAsync(`${this.options.host}:${this.options.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
@@ -233,24 +243,54 @@ export class RootServer {
         resolve();
       });
     });
+    this.loopLag.stop();
     for (const g of this.groups) for (const r of g.replicas) r.close();
   }
 
   forceStop(): void {
     clearInterval(this.healthTimer);
+    this.loopLag.stop();
     this.server.forceShutdown();
     for (const g of this.groups) for (const r of g.replicas) r.close();
   }
 
-  private unary(service: string, method: string, fn: (call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null) => Promise<unknown>): Unary {
+  /**
+   * A handler that answers exactly once, with its RPC metric and span. With `admitted`, the call
+   * first passes the root's own admission control (limits.max_in_flight, limits.admission,
+   * limits.shed_event_loop_lag_ms, as a server's Retrieve does, without the wait for a slot):
+   * a root past its capacity refuses RESOURCE_EXHAUSTED at once instead of answering every call
+   * late, and the caller can retry on another root.
+   */
+  private unary(service: string, method: string, fn: (call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null) => Promise<unknown>, admitted = false): Unary {
     return (call, callback) => {
       const started = process.hrtime.bigint();
+      let permit: Permit | undefined;
+      if (admitted && !this.draining) {
+        const d = call.getDeadline();
+        const deadline = d instanceof Date ? d.getTime() : d;
+        const remainingMs = Number.isFinite(deadline) ? deadline - Date.now() : Infinity;
+        const limits = this.config_.limits;
+        const a: Permit | Refusal =
+          remainingMs <= 0
+            ? { kind: 'refused', reason: 'deadline', details: 'the deadline had passed before the call was handled' }
+            : this.admission.admit(performance.now(), limits, { remainingMs, loopLagMs: this.loopLag.lagMs });
+        if (a.kind === 'refused') {
+          this.telemetry.metrics?.shedRequest(a.reason);
+          const code = remainingMs <= 0 ? grpc.status.DEADLINE_EXCEEDED : grpc.status.RESOURCE_EXHAUSTED;
+          this.telemetry.metrics?.rpc(service, method, grpc.status[code], Number(process.hrtime.bigint() - started) / 1e9);
+          callback({ code, details: a.details, metadata: new grpc.Metadata() });
+          return;
+        }
+        permit = a;
+      }
       this.calls++;
       const tracer = this.telemetry.tracer;
       const t = tracer ? tracer.startRpc(service, method, extractContext(call.metadata), 0) : null;
       const answer = (err: { code: grpc.status; details: string } | null, value?: unknown) => {
         this.calls--;
         const code = err ? err.code : grpc.status.OK;
+        // The caller's own mistakes say nothing about the root's latency under load.
+        if (permit) this.admission.release(permit, performance.now(), this.config_.limits, code !== grpc.status.INVALID_ARGUMENT && code !== grpc.status.UNAUTHENTICATED);
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
         this.telemetry.metrics?.rpc(service, method, grpc.status[code], seconds);
         t?.end(code, grpc.status[code], err?.details);

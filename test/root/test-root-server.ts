@@ -6,7 +6,7 @@ import { defaultConfig, parseConfigObject } from '../../src/config/load';
 import { packageDefinition } from '../../src/grpc/proto';
 import { shardOf } from '../../src/cluster/shard';
 import { RootServer, mergeAnswers, type CandidateMsg, type ShardAnswer } from '../../src/root/root-server';
-import { adminClient, rpcError, type AdminClient } from '../fixtures/e2e-server';
+import { adminClient, retrievalClient, rpcError, type AdminClient, type RetrievalClient } from '../fixtures/e2e-server';
 
 function cand(id: string, score: number, adv = `adv-${id}`, cat = 'c'): CandidateMsg {
   return { ad_id: id, advertiser_id: adv, category: cat, score, sources: ['Ann'] };
@@ -70,12 +70,18 @@ interface FakeShard {
   nextSeq: number;
   /** Write calls this shard was sent. */
   writes: number;
+  /** Retrieve: its answer waits until this resolves (one ad, shard-<seqFrom>). */
+  hold: Promise<void>;
 }
 
 async function fakeShard(seqFrom: number): Promise<FakeShard> {
   const server = new grpc.Server();
-  const shard: FakeShard = { server, addr: '', getAdsMinSeq: [], nextSeq: seqFrom, writes: 0 };
+  const shard: FakeShard = { server, addr: '', getAdsMinSeq: [], nextSeq: seqFrom, writes: 0, hold: Promise.resolve() };
   const def = packageDefinition();
+  server.addService(def['funnel.v1.Retrieval'] as grpc.ServiceDefinition, {
+    Retrieve: (_call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) =>
+      void shard.hold.then(() => cb(null, { candidates: [{ ad_id: `shard-${seqFrom}`, advertiser_id: `adv-${seqFrom}`, category: 'c', score: 1 }], data_seq: '1', pipeline: 'default' })),
+  });
   server.addService(def['funnel.v1.Admin'] as grpc.ServiceDefinition, {
     UpsertAds: (call: grpc.ServerUnaryCall<{ ads: { ad_id: string }[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       shard.writes++;
@@ -113,21 +119,58 @@ function idOfShard(shard: number, prefix: string): string {
   for (let i = 0; ; i++) if (shardOf(`${prefix}-${i}`, 2) === shard) return `${prefix}-${i}`;
 }
 
-describe('root Admin routing', function () {
+describe('root Admin routing and admission', function () {
   let shards: FakeShard[] = [];
   let root: RootServer | undefined;
   let admin: AdminClient | undefined;
+  let retrieval: RetrievalClient | undefined;
 
-  beforeEach(async () => {
+  beforeEach(async function () {
     shards = [await fakeShard(100), await fakeShard(500)];
-    root = new RootServer(defaultConfig(), { host: '127.0.0.1', port: 0, shards: shards.map((s) => [s.addr]), drainTimeoutMs: 100 }, pino({ level: 'silent' }));
+    // The admission test runs a root that lets 2 Retrieves in at once.
+    const config = /admission/.test(this.currentTest?.title ?? '')
+      ? parseConfigObject({ limits: { max_in_flight: 2, shed_event_loop_lag_ms: 0, admission: { adaptive: false } } })
+      : defaultConfig();
+    root = new RootServer(config, { host: '127.0.0.1', port: 0, shards: shards.map((s) => [s.addr]), drainTimeoutMs: 100 }, pino({ level: 'silent' }));
     const port = await root.listen();
     admin = adminClient(`127.0.0.1:${port}`);
+    retrieval = retrievalClient(`127.0.0.1:${port}`);
   });
   afterEach(() => {
     admin?.close();
+    retrieval?.close();
     root?.forceStop();
     for (const s of shards) s.server.forceShutdown();
+  });
+
+  it('when more Retrieves are in flight than the root admits (its own admission control), then the excess is RESOURCE_EXHAUSTED at once and the rest are answered', async () => {
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    for (const s of shards) s.hold = gate;
+    let settled = 0;
+    const calls = Array.from({ length: 5 }, () =>
+      retrieval!.retrieve({ num_results: 5 }, { deadlineMs: 30_000 }).then(
+        (r) => ({ ok: r }),
+        (err: grpc.ServiceError) => ({ err }),
+      ).finally(() => settled++),
+    );
+    // The refused ones are answered while the admitted ones still wait on the shards.
+    while (settled < 3) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(settled, 3);
+    open();
+    const outcomes = await Promise.all(calls);
+    const refused = outcomes.filter((o) => 'err' in o).map((o) => (o as { err: grpc.ServiceError }).err);
+    const answered = outcomes.filter((o) => 'ok' in o).map((o) => (o as { ok: { candidates: { ad_id: string }[] } }).ok);
+    assert.equal(answered.length, 2);
+    assert.equal(refused.length, 3);
+    for (const e of refused) {
+      assert.equal(e.code, grpc.status.RESOURCE_EXHAUSTED);
+      assert.match(e.details, /max_in_flight/);
+    }
+    assert.deepEqual(answered[0].candidates.map((c) => c.ad_id).sort(), ['shard-100', 'shard-500']);
+    // The slots are free again once answered.
+    assert.equal((await retrieval!.retrieve({ num_results: 5 })).candidates.length, 2);
   });
 
   it('when a write through the root was acknowledged, then a later GetAds asks that shard for at least its seq, and the other shard for the caller\'s token only', async () => {
