@@ -111,9 +111,18 @@ export class AdmissionControl {
   private windowStart = NaN;
   /** Whether the current window reached the limit (or refused or queued a call for it). */
   private windowLimited = false;
+  /** Whether a call answered in the current window was dropped downstream (release()'s `dropped`). */
+  private windowDropped = false;
 
-  /** `onLimit` hears every change of the integer adaptive limit (a gauge). */
-  constructor(private readonly onLimit?: (limit: number) => void) {}
+  /**
+   * `onLimit` hears every change of the integer adaptive limit (a gauge). `latencySignal: false`
+   * adapts on drops alone (see release()): for a process whose calls mostly wait on others (funnel
+   * root), where latency measures the others, not its own load.
+   */
+  constructor(
+    private readonly onLimit?: (limit: number) => void,
+    private readonly options: { latencySignal?: boolean } = {},
+  ) {}
 
   /** Calls admitted and not yet released. */
   get inFlight(): number {
@@ -220,9 +229,13 @@ export class AdmissionControl {
   /**
    * Ends an admitted call and hands its slot to the newest waiting call. `measured`: it ran the
    * funnel, so its latency says how loaded the server is (a call refused by validation does not).
+   * `dropped`: something it called refused part of it for overload (a shard's
+   * RESOURCE_EXHAUSTED at funnel root): the window it ends in backs the limit off, whatever
+   * its latency.
    */
-  release(permit: Permit, nowMs: number, limits: AdmissionLimits, measured: boolean): void {
+  release(permit: Permit, nowMs: number, limits: AdmissionLimits, measured: boolean, dropped = false): void {
     this.inFlight_ = Math.max(0, this.inFlight_ - 1);
+    if (measured && dropped) this.windowDropped = true;
     if (measured) this.sample(permit, nowMs, limits);
     this.expire(nowMs, limits);
     // A waiter's callback may release synchronously (its request was invalid): state is re-read each turn.
@@ -293,22 +306,58 @@ export class AdmissionControl {
       const known = !Number.isNaN(this.baselineMs_);
       const current = clamp(Number.isNaN(this.limit_) ? a.initial_limit : this.limit_, a.min_limit, max);
       let next = current;
-      if (known && recent > a.latency_tolerance * this.baselineMs_) {
+      const latencySignal = this.options.latencySignal ?? true;
+      if (this.windowDropped || (latencySignal && known && recent > a.latency_tolerance * this.baselineMs_)) {
         next = current * BACKOFF;
       } else if (this.windowLimited) {
         // Without a no-load latency there is no target yet: grow no further than initial_limit.
-        next = Math.min(current + 1, known ? max : Math.max(a.initial_limit, current));
+        next = Math.min(current + 1, known || !latencySignal ? max : Math.max(a.initial_limit, current));
       }
       this.setLimit(clamp(next, a.min_limit, max));
     }
     this.windowCount = 0;
     this.windowStart = nowMs;
     this.windowLimited = false;
+    this.windowDropped = false;
   }
 
   private setLimit(value: number): void {
     const before = Math.floor(this.limit_);
     this.limit_ = value;
     if (Math.floor(value) !== before) this.onLimit?.(Math.floor(value));
+  }
+}
+
+/** Refuses waiting calls when their time runs out: a timer armed for the first waiter's expiry. */
+export class ExpiryTimer {
+  private timer: NodeJS.Timeout | undefined;
+  private atMs = Infinity;
+
+  constructor(
+    private readonly admission: AdmissionControl,
+    private readonly limits: () => AdmissionLimits,
+  ) {}
+
+  /** Arms the timer for the first waiting call's expiry (earlier than the one armed, if any). */
+  arm(): void {
+    const next = this.admission.nextExpiryMs();
+    if (next === Infinity || (this.timer && this.atMs <= next)) return;
+    this.disarm();
+    this.atMs = next;
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.atMs = Infinity;
+        this.admission.expire(performance.now(), this.limits());
+        this.arm();
+      },
+      Math.max(0, Math.ceil(next - performance.now())),
+    );
+  }
+
+  disarm(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.atMs = Infinity;
   }
 }

@@ -27,7 +27,7 @@ import type { ServingState } from '../serving/state';
 import { ReplicationError, type ApplyResult, type Replica } from '../cluster/replica';
 import type { StreamMessage } from '../cluster/messages';
 import { shardOf } from '../cluster/shard';
-import { AdmissionControl, type Permit, type Refusal, type ShedReason, type Waiting } from './admission';
+import { AdmissionControl, ExpiryTimer, type Permit, type Refusal, type ShedReason, type Waiting } from './admission';
 import { decodeRetrieveRequest, encodeRetrieveResponse, type DecodedRetrieve, type RetrieveResponseMessage } from './codec';
 import { retrieveFromJson } from './request-json';
 import { LoopLag } from './loop-lag';
@@ -152,8 +152,7 @@ export class FunnelServer {
   private draining = false;
   private boundPort = 0;
   /** Fires when the first waiting Retrieve's time runs out (admission.nextExpiryMs()). */
-  private expiryTimer: NodeJS.Timeout | undefined;
-  private expiryAtMs = Infinity;
+  private readonly expiry: ExpiryTimer;
   private config_: Config;
   /** A replica of a sharded cluster: Admin writes go through its stream, tokens are stream sequence numbers. */
   private replica_: Replica | undefined;
@@ -169,6 +168,7 @@ export class FunnelServer {
   ) {
     this.config_ = config;
     this.admission = new AdmissionControl((limit) => telemetry.metrics?.concurrencyLimit(limit));
+    this.expiry = new ExpiryTimer(this.admission, () => this.config_.limits);
     telemetry.tracer?.setSampleRatio(config.tracing.sample_ratio);
     this.server = new grpc.Server(serverOptions(config));
     const def = packageDefinition();
@@ -333,13 +333,13 @@ export class FunnelServer {
       this.server.tryShutdown(finish);
     });
     this.loopLag.stop();
-    this.disarmExpiry();
+    this.expiry.disarm();
   }
 
   /** Stops at once (tests). */
   forceStop(): void {
     this.loopLag.stop();
-    this.disarmExpiry();
+    this.expiry.disarm();
     this.server.forceShutdown();
   }
 
@@ -510,7 +510,7 @@ export class FunnelServer {
     if (a.kind !== 'waiting') return this.admitted(a);
     waiting = a;
     call.on('cancelled', onCancel);
-    this.armExpiry();
+    this.expiry.arm();
     return a;
   }
 
@@ -522,28 +522,6 @@ export class FunnelServer {
     return early(grpc.status.RESOURCE_EXHAUSTED, a.details);
   }
 
-  /** Arms the timer for the first waiting call's expiry (earlier than the one armed, if any). */
-  private armExpiry(): void {
-    const next = this.admission.nextExpiryMs();
-    if (next === Infinity || (this.expiryTimer && this.expiryAtMs <= next)) return;
-    this.disarmExpiry();
-    this.expiryAtMs = next;
-    this.expiryTimer = setTimeout(
-      () => {
-        this.expiryTimer = undefined;
-        this.expiryAtMs = Infinity;
-        this.admission.expire(performance.now(), this.config_.limits);
-        this.armExpiry();
-      },
-      Math.max(0, Math.ceil(next - performance.now())),
-    );
-  }
-
-  private disarmExpiry(): void {
-    if (this.expiryTimer) clearTimeout(this.expiryTimer);
-    this.expiryTimer = undefined;
-    this.expiryAtMs = Infinity;
-  }
 
   /**
    * Runs one Retrieve (decoding, validation, the funnel, the last re-check) under `admitted` (or

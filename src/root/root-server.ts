@@ -45,7 +45,7 @@ import {
   type SpendEntryMessage,
 } from '../grpc/validate';
 import { checkBearer, rawRetrievalService, serverOptions } from '../grpc/server';
-import { AdmissionControl, type Permit, type Refusal } from '../grpc/admission';
+import { AdmissionControl, ExpiryTimer, type Permit, type Refusal, type Waiting } from '../grpc/admission';
 import { LoopLag } from '../grpc/loop-lag';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
@@ -132,7 +132,10 @@ export class RootServer {
   private calls = 0;
   private config_: Config;
   private readonly admission: AdmissionControl;
+  private readonly expiry: ExpiryTimer;
   private readonly loopLag = new LoopLag().start();
+  /** Calls in which a shard refused RESOURCE_EXHAUSTED: the drop signal of the admission limit. */
+  private readonly shedByShard = new WeakSet<grpc.ServerUnaryCall<unknown, unknown>>();
   /** Per shard: the largest stream sequence number of a write this root answered OK. */
   private readonly ackedSeq: number[];
 
@@ -145,7 +148,8 @@ export class RootServer {
     this.config_ = config;
     this.groups = options.shards.map((replicas, i) => new ShardGroup(i, replicas.map((a) => new ReplicaLink(a))));
     this.ackedSeq = this.groups.map(() => 0);
-    this.admission = new AdmissionControl((limit) => telemetry.metrics?.concurrencyLimit(limit));
+    this.admission = new AdmissionControl((limit) => telemetry.metrics?.concurrencyLimit(limit), { latencySignal: false });
+    this.expiry = new ExpiryTimer(this.admission, () => this.config_.limits);
     this.server = new grpc.Server(serverOptions(config));
     const def = packageDefinition();
     // Retrieve: its request bytes are decoded by the codec (and passed to the shards as they
@@ -243,6 +247,7 @@ export class RootServer {
         resolve();
       });
     });
+    this.expiry.disarm();
     this.loopLag.stop();
     for (const g of this.groups) for (const r of g.replicas) r.close();
   }
@@ -250,69 +255,106 @@ export class RootServer {
   forceStop(): void {
     clearInterval(this.healthTimer);
     this.loopLag.stop();
+    this.expiry.disarm();
     this.server.forceShutdown();
     for (const g of this.groups) for (const r of g.replicas) r.close();
   }
 
   /**
    * A handler that answers exactly once, with its RPC metric and span. With `admitted`, the call
-   * first passes the root's own admission control (limits.max_in_flight, limits.admission,
-   * limits.shed_event_loop_lag_ms, as a server's Retrieve does, without the wait for a slot):
-   * a root past its capacity refuses RESOURCE_EXHAUSTED at once instead of answering every call
-   * late, and the caller can retry on another root.
+   * first passes the root's own admission control: limits.max_in_flight, the adaptive limit of
+   * limits.admission (with its short wait for a slot and its deadline check), and
+   * limits.shed_event_loop_lag_ms. The limit adapts on drops, not latency (a root's calls wait on
+   * the shards): a window in which a shard refused a call RESOURCE_EXHAUSTED backs it off, one
+   * that reached it without that raises it. A root past what it or its shards can take refuses
+   * RESOURCE_EXHAUSTED at once, rather than sending shards calls they refuse (answers degraded)
+   * or answering every call late; the caller can retry on another root.
    */
   private unary(service: string, method: string, fn: (call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null) => Promise<unknown>, admitted = false): Unary {
     return (call, callback) => {
       const started = process.hrtime.bigint();
-      let permit: Permit | undefined;
-      if (admitted && !this.draining) {
-        const d = call.getDeadline();
-        const deadline = d instanceof Date ? d.getTime() : d;
-        const remainingMs = Number.isFinite(deadline) ? deadline - Date.now() : Infinity;
-        const limits = this.config_.limits;
-        const a: Permit | Refusal =
-          remainingMs <= 0
-            ? { kind: 'refused', reason: 'deadline', details: 'the deadline had passed before the call was handled' }
-            : this.admission.admit(performance.now(), limits, { remainingMs, loopLagMs: this.loopLag.lagMs });
-        if (a.kind === 'refused') {
-          this.telemetry.metrics?.shedRequest(a.reason);
-          const code = remainingMs <= 0 ? grpc.status.DEADLINE_EXCEEDED : grpc.status.RESOURCE_EXHAUSTED;
-          this.telemetry.metrics?.rpc(service, method, grpc.status[code], Number(process.hrtime.bigint() - started) / 1e9);
-          callback({ code, details: a.details, metadata: new grpc.Metadata() });
-          return;
-        }
-        permit = a;
-      }
-      this.calls++;
-      const tracer = this.telemetry.tracer;
-      const t = tracer ? tracer.startRpc(service, method, extractContext(call.metadata), 0) : null;
-      const answer = (err: { code: grpc.status; details: string } | null, value?: unknown) => {
-        this.calls--;
-        const code = err ? err.code : grpc.status.OK;
-        // The caller's own mistakes say nothing about the root's latency under load.
-        if (permit) this.admission.release(permit, performance.now(), this.config_.limits, code !== grpc.status.INVALID_ARGUMENT && code !== grpc.status.UNAUTHENTICATED);
-        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-        this.telemetry.metrics?.rpc(service, method, grpc.status[code], seconds);
-        t?.end(code, grpc.status[code], err?.details);
-        if (err) callback({ code: err.code, details: err.details, metadata: new grpc.Metadata() });
-        else callback(null, value);
+      const refuse = (code: grpc.status, details: string) => {
+        this.telemetry.metrics?.rpc(service, method, grpc.status[code], Number(process.hrtime.bigint() - started) / 1e9);
+        callback({ code, details, metadata: new grpc.Metadata() });
       };
-      if (this.draining) {
-        answer({ code: grpc.status.UNAVAILABLE, details: 'root is shutting down' });
+      if (!admitted || this.draining) {
+        this.run(service, method, fn, call, callback, started);
         return;
       }
-      fn(call, t).then(
-        (v) => answer(null, v),
-        (err: unknown) => {
-          if (err instanceof RpcError) answer({ code: err.code, details: err.message });
-          else if (isServiceError(err)) answer({ code: err.code, details: err.details });
-          else {
-            this.log.error({ err: (err as Error).message, method }, 'root call failed');
-            answer({ code: grpc.status.INTERNAL, details: (err as Error).message });
-          }
-        },
-      );
+      const d = call.getDeadline();
+      const deadline = d instanceof Date ? d.getTime() : d;
+      const remainingMs = Number.isFinite(deadline) ? deadline - Date.now() : Infinity;
+      if (remainingMs <= 0) {
+        this.telemetry.metrics?.shedRequest('deadline');
+        refuse(grpc.status.DEADLINE_EXCEEDED, 'the deadline had passed before the call was handled');
+        return;
+      }
+      let waiting: Waiting | undefined;
+      const onCancel = () => {
+        if (waiting && this.admission.cancel(waiting)) refuse(grpc.status.CANCELLED, 'cancelled by the client while waiting for a slot');
+      };
+      const decided = (a: Permit | Refusal) => {
+        call.removeListener('cancelled', onCancel);
+        if (a.kind === 'admitted') {
+          this.run(service, method, fn, call, callback, started, a);
+        } else {
+          this.telemetry.metrics?.shedRequest(a.reason);
+          refuse(grpc.status.RESOURCE_EXHAUSTED, a.details);
+        }
+      };
+      const a = this.admission.admit(performance.now(), this.config_.limits, { remainingMs, loopLagMs: this.loopLag.lagMs }, decided);
+      if (a.kind === 'waiting') {
+        waiting = a;
+        call.once('cancelled', onCancel);
+        this.expiry.arm();
+      } else {
+        decided(a);
+      }
     };
+  }
+
+  /** Runs an admitted (or unadmitted) call's handler and answers it once; releases its permit. */
+  private run(
+    service: string,
+    method: string,
+    fn: (call: grpc.ServerUnaryCall<unknown, unknown>, t: RequestTrace | null) => Promise<unknown>,
+    call: grpc.ServerUnaryCall<unknown, unknown>,
+    callback: grpc.sendUnaryData<unknown>,
+    started: bigint,
+    permit?: Permit,
+  ): void {
+    this.calls++;
+    const tracer = this.telemetry.tracer;
+    const t = tracer ? tracer.startRpc(service, method, extractContext(call.metadata), 0) : null;
+    const answer = (err: { code: grpc.status; details: string } | null, value?: unknown) => {
+      this.calls--;
+      const code = err ? err.code : grpc.status.OK;
+      // The caller's own mistakes say nothing about the root's load; a shard's refusal does.
+      if (permit) {
+        const measured = code !== grpc.status.INVALID_ARGUMENT && code !== grpc.status.UNAUTHENTICATED;
+        this.admission.release(permit, performance.now(), this.config_.limits, measured, this.shedByShard.has(call));
+      }
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      this.telemetry.metrics?.rpc(service, method, grpc.status[code], seconds);
+      t?.end(code, grpc.status[code], err?.details);
+      if (err) callback({ code: err.code, details: err.details, metadata: new grpc.Metadata() });
+      else callback(null, value);
+    };
+    if (this.draining) {
+      answer({ code: grpc.status.UNAVAILABLE, details: 'root is shutting down' });
+      return;
+    }
+    fn(call, t).then(
+      (v) => answer(null, v),
+      (err: unknown) => {
+        if (err instanceof RpcError) answer({ code: err.code, details: err.message });
+        else if (isServiceError(err)) answer({ code: err.code, details: err.details });
+        else {
+          this.log.error({ err: (err as Error).message, method }, 'root call failed');
+          answer({ code: grpc.status.INTERNAL, details: (err as Error).message });
+        }
+      },
+    );
   }
 
   /** Admin and Explain: the bearer token, when the root was given one. */
@@ -364,6 +406,7 @@ export class RootServer {
         const { method, req } = perShard(g);
         const o = await g.call<unknown>('retrieval', method, req, this.forwardMetadata(call, span?.traceparent), deadline, this.config_.root);
         metrics?.shardCall(g.index, o.error ? grpc.status[o.error.code] : 'OK');
+        if (o.error?.code === grpc.status.RESOURCE_EXHAUSTED) this.shedByShard.add(call);
         if (!o.error) metrics?.shardAnswered(g.index, o.ms / 1000);
         if (o.hedged) metrics?.hedged(g.index, o.error ? 'none' : (o.hedgeWon ?? 'none'));
         span?.end(

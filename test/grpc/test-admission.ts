@@ -43,7 +43,7 @@ function hearing(): { cb: (o: Permit | Refusal) => void; heard: () => Permit | R
  * other call is held in flight, or with `limited` enough of them that each call reaches the limit.
  * Returns the clock after the window.
  */
-function window(a: AdmissionControl, l: AdmissionLimits, t: number, latency: number, opts: { alone?: boolean; limited?: boolean } = {}): number {
+function window(a: AdmissionControl, l: AdmissionLimits, t: number, latency: number, opts: { alone?: boolean; limited?: boolean; dropped?: boolean } = {}): number {
   const n = MIN_WINDOW_SAMPLES;
   const hold = opts.alone ? 0 : opts.limited ? a.limit(l) - 1 : 1;
   const held = Array.from({ length: hold }, () => admitted(a.admit(t, l, open)));
@@ -52,7 +52,8 @@ function window(a: AdmissionControl, l: AdmissionLimits, t: number, latency: num
   for (let i = 0; i < n; i++) {
     const p = admitted(a.admit(t + i * step, l, open));
     end = t + i * step + latency;
-    a.release(p, end, l, true);
+    // With `dropped`, one call of the window was refused downstream.
+    a.release(p, end, l, true, opts.dropped === true && i === n >> 1);
   }
   for (const p of held) a.release(p, end, l, false);
   return end;
@@ -130,6 +131,37 @@ describe('AdmissionControl', () => {
     }
     for (let i = 0; i < 5; i++) t = window(a, l, t, 1.5, { limited: true });
     assert.equal(a.limit(l), 12);
+  });
+
+  it('when a call of a window was dropped downstream, then the limit backs off by BACKOFF whatever the latency (and with the latency signal too)', () => {
+    for (const latencySignal of [true, false]) {
+      const a = new AdmissionControl(undefined, { latencySignal });
+      const l = limits({ initial_limit: 20, min_limit: 2 });
+      let t = learnBaseline(a, l, 0, 1);
+      t = window(a, l, t, 1, { limited: true, dropped: true });
+      assert.equal(a.limit(l), 18, `latencySignal ${latencySignal}`);
+      t = window(a, l, t, 1, { limited: true, dropped: true });
+      assert.equal(a.limit(l), Math.floor(20 * BACKOFF * BACKOFF));
+    }
+  });
+
+  it('when the latency signal is off (funnel root), then slow windows do not back off, windows that reach the limit grow it to max_in_flight without a no-load latency, and drops back it off', () => {
+    const a = new AdmissionControl(undefined, { latencySignal: false });
+    const l = limits({ max_in_flight: 14, initial_limit: 8, min_limit: 2, latency_tolerance: 2 });
+    let t = 0;
+    // No call ever ran alone, and every window is 500x slower than any no-load figure could be.
+    for (let i = 1; i <= 6; i++) {
+      t = window(a, l, t, 500, { limited: true });
+      assert.equal(a.limit(l), Math.min(14, 8 + i));
+    }
+    assert.ok(Number.isNaN(a.baselineMs));
+    t = window(a, l, t, 500, { limited: true, dropped: true });
+    assert.equal(a.limit(l), Math.floor(14 * BACKOFF));
+    // A dropped call that was not measured (the caller's own error) is no signal.
+    const p = admitted(a.admit(t, l, open));
+    a.release(p, t + 1, l, false, true);
+    t = window(a, l, t + 1, 500);
+    assert.equal(a.limit(l), Math.floor(14 * BACKOFF));
   });
 
   it('when no call has run alone yet (no no-load latency), then the limit neither backs off nor grows past initial_limit', () => {
