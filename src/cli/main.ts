@@ -129,7 +129,7 @@ export function buildProgram(): Command {
     .command('root')
     .description('serve Retrieval and Admin in front of a sharded cluster: fan out to one replica per shard, merge by score, diversify, route writes')
     .requiredOption('--shards <list>', 'the shards\' replicas: "H:P,H:P;H:P,H:P" (shards by ";", replicas of a shard by ",", shard 0 first)')
-    .option('--nats <url>', 'NATS server URL(s) of the cluster (writes go through the shards\' replicas, which publish them)')
+    .option('--nats <url>', 'NATS server URL(s) of the cluster\'s stream: a GetAds then sees every write in the stream when it arrived (writes still go through the shards\' replicas)')
     .option('--port <n>', 'gRPC port (0 = any free port)', port, 50051)
     .option('--host <host>', 'address to bind (0.0.0.0 for every interface)', '127.0.0.1')
     .option('--metrics-port <n>', 'port of the Prometheus /metrics endpoint (0 = off)', port, 9464)

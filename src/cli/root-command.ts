@@ -61,7 +61,7 @@ export async function runRoot(opts: RootCommandOptions): Promise<number> {
       return 2;
     }
   }
-  const root = new RootServer(config, { host: opts.host, port: opts.port, shards, drainTimeoutMs: opts.drainTimeoutMs, adminToken }, log, { metrics, tracer: tracing.tracer });
+  const root = new RootServer(config, { host: opts.host, port: opts.port, shards, drainTimeoutMs: opts.drainTimeoutMs, adminToken, nats: opts.nats }, log, { metrics, tracer: tracing.tracer });
   metrics.attach({
     inFlight: () => root.inFlightCount,
     eventLoopLagMs: () => root.loopLagMs,
@@ -93,7 +93,6 @@ export async function runRoot(opts: RootCommandOptions): Promise<number> {
     }
   };
   const watcher = opts.config ? new ConfigWatcher(opts.config, configText, (c) => (root.config = c), report).start() : undefined;
-  if (opts.nats) log.info({ nats: opts.nats }, 'the root routes Admin writes through the shards\' replicas (they publish to the stream); --nats is accepted for the deployment\'s sake');
   return new Promise<number>((resolve) => {
     let signalled = false;
     const onSignal = (sig: NodeJS.Signals) => {

@@ -50,7 +50,10 @@ import { LoopLag } from '../grpc/loop-lag';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
 import { extractContext } from '../telemetry/tracing';
-import { shardOf } from '../cluster/shard';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '../cluster/replica';
+import { shardOf, shardSubject } from '../cluster/shard';
 import { ReplicaLink, ShardGroup, type ShardOutcome } from './shards';
 
 const HEALTH_SERVICES = ['', 'funnel.v1.Retrieval', 'funnel.v1.Admin'];
@@ -60,6 +63,11 @@ export interface RootOptions {
   port: number;
   shards: string[][];
   drainTimeoutMs: number;
+  /**
+   * NATS URL(s) of the cluster's stream: a GetAds then asks each shard for every write in the
+   * stream when it arrived (the shard subject's last sequence number), whoever made it.
+   */
+  nats?: string;
   /** Checked here too when given (the shards check it again): Admin and Explain need it. */
   adminToken?: string;
 }
@@ -138,6 +146,9 @@ export class RootServer {
   private readonly shedByShard = new WeakSet<grpc.ServerUnaryCall<unknown, unknown>>();
   /** Per shard: the largest stream sequence number of a write this root answered OK. */
   private readonly ackedSeq: number[];
+  /** With --nats: the stream, once connected (reconnects by itself). */
+  private stream: { nc: NatsConnection; jsm: JetStreamManager } | null = null;
+  private closed = false;
 
   constructor(
     config: Config,
@@ -211,6 +222,44 @@ export class RootServer {
     return this.calls;
   }
 
+  /** Connects to NATS in the background (retrying until it can); GetAds falls back to the root's own watermark meanwhile. */
+  private connectStream(url: string): void {
+    void (async () => {
+      try {
+        const nc = await connect({ servers: url.split(','), name: 'funnel-root', maxReconnectAttempts: -1, reconnectTimeWait: 250, waitOnFirstConnect: true });
+        if (this.closed) {
+          await nc.close();
+          return;
+        }
+        this.stream = { nc, jsm: await jetstreamManager(nc, { timeout: 2000 }) };
+        this.log.info({ nats: url, stream: this.config_.cluster.stream }, 'connected to NATS: GetAds sees every write in the stream');
+      } catch (err) {
+        this.log.error({ err: (err as Error).message, nats: url }, 'cannot use NATS: GetAds sees the writes this root acknowledged');
+      }
+    })();
+  }
+
+  /**
+   * The last stream sequence number of shard `s`'s subject (0: none), or null when NATS is not
+   * connected or does not answer within `ms`.
+   */
+  private async streamWatermark(s: number, ms: number): Promise<number | null> {
+    const st = this.stream;
+    if (!st || st.nc.isClosed()) return null;
+    const c = this.config_.cluster;
+    const subject = shardSubject(c.subject_prefix, { index: s, count: this.groups.length });
+    try {
+      const m = await Promise.race([
+        st.jsm.streams.getMessage(c.stream, { last_by_subj: subject }),
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref()),
+      ]);
+      return m ? m.seq : 0;
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message, subject }, 'reading the stream watermark failed; using the root\'s own');
+      return null;
+    }
+  }
+
   /** Sustained event-loop lag now, ms (admission sheds past limits.shed_event_loop_lag_ms). */
   get loopLagMs(): number {
     return this.loopLag.lagMs;
@@ -220,6 +269,7 @@ export class RootServer {
     const port = await new Promise<number>((resolve, reject) =>
       this.server.bindAsync(`${this.options.host}:${this.options.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
     );
+    if (this.options.nats) this.connectStream(this.options.nats);
     const check = () => Promise.all(this.groups.map((g) => g.checkHealth(800))).catch(() => undefined);
     await check();
     this.healthTimer = setInterval(() => void check(), 1000);
@@ -249,13 +299,22 @@ export class RootServer {
     });
     this.expiry.disarm();
     this.loopLag.stop();
+    this.closeStream();
     for (const g of this.groups) for (const r of g.replicas) r.close();
+  }
+
+  private closeStream(): void {
+    this.closed = true;
+    const st = this.stream;
+    this.stream = null;
+    void st?.nc.close().catch(() => undefined);
   }
 
   forceStop(): void {
     clearInterval(this.healthTimer);
     this.loopLag.stop();
     this.expiry.disarm();
+    this.closeStream();
     this.server.forceShutdown();
     for (const g of this.groups) for (const r of g.replicas) r.close();
   }
@@ -533,8 +592,12 @@ export class RootServer {
     const outcomes = await Promise.all(
       asked.map(async ({ s, p }) => {
         const part: Record<string, unknown> = { ...req, [field]: p.items };
-        // A read sees every write this root acknowledged for the shard, on whichever replica serves it.
-        if (read) part.min_seq = String(Math.max(minSeq, this.ackedSeq[s]));
+        // A read sees every write this root acknowledged for the shard, on whichever replica
+        // serves it; with --nats, every write in the stream when it arrived.
+        if (read) {
+          const inStream = await this.streamWatermark(s, Math.max(50, Math.min(1000, (deadline - Date.now()) / 4)));
+          part.min_seq = String(Math.max(minSeq, this.ackedSeq[s], inStream ?? 0));
+        }
         // Writes are not hedged (a duplicate would be a second write); a replica that fails fast is replaced.
         const o = await this.groups[s].call<unknown>('admin', method, part, md, deadline, this.config_.root, read);
         this.telemetry.metrics?.shardCall(s, o.error ? grpc.status[o.error.code] : 'OK');

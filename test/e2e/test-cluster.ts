@@ -133,7 +133,7 @@ describe('cluster: 2 shards x 2 replicas behind funnel root, writes through NATS
     for (let s = 0; s < SHARDS; s++) {
       replicas.push(await Promise.all([0, 1].map((k) => startReplica({ nats: nats.url, shard: `${s}/${SHARDS}`, data: dataDir(s, k), tokenFile, config }))));
     }
-    root = await startRoot({ shards: replicas.map((g) => g.map((r) => r.addr)), tokenFile, config: rootConfig });
+    root = await startRoot({ shards: replicas.map((g) => g.map((r) => r.addr)), tokenFile, config: rootConfig, nats: nats.url });
     rootAdmin = adminClient(root.addr);
     rootRetrieval = retrievalClient(root.addr);
   });
@@ -279,6 +279,9 @@ describe('cluster: 2 shards x 2 replicas behind funnel root, writes through NATS
       const err = await rpcError(admin.upsertAds({ ads: [adMsg(id), adMsg(other)] }));
       assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
       assert.match(err.details, /^ads\[1\]\.ad_id: ad local-\d+ belongs to shard 1 of 2/);
+      // The root (with --nats) never saw that write, yet its GetAds, whichever replica of the
+      // shard serves it (they take turns), sees it: it asks for the shard's last write in the stream.
+      for (let i = 0; i < 4; i++) assert.equal((await rootAdmin.getAds({ ad_ids: [id] })).ads.length, 1, `GetAds ${i} through the root`);
       await admin.deleteAds({ ad_ids: [id] });
     } finally {
       admin.close();

@@ -7,6 +7,12 @@ import { packageDefinition } from '../../src/grpc/proto';
 import { shardOf } from '../../src/cluster/shard';
 import { RootServer, mergeAnswers, type CandidateMsg, type ShardAnswer } from '../../src/root/root-server';
 import { adminClient, retrievalClient, rpcError, type AdminClient, type RetrievalClient } from '../fixtures/e2e-server';
+import { NatsServer, needNats, waitFor } from '../fixtures/cluster';
+import { tempDir } from '../fixtures/catalog';
+import { connect } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 function cand(id: string, score: number, adv = `adv-${id}`, cat = 'c'): CandidateMsg {
   return { ad_id: id, advertiser_id: adv, category: cat, score, sources: ['Ann'] };
@@ -216,6 +222,46 @@ describe('root Admin routing and admission', function () {
     // A good one goes to both.
     await admin!.reportSpend({ entries: [{ ad_id: a1, spend_micros: '5' }, { ad_id: a0, spend_micros: '7' }] });
     assert.deepEqual([shards[0].writes, shards[1].writes], [1, 1]);
+  });
+
+  it('when the root has --nats, then a GetAds asks each shard for the last write of its subject in the stream, whoever made it; with NATS gone, for what the root acknowledged', async function () {
+    const bin = needNats(this);
+    const dir = tempDir('root-nats');
+    const nats = await NatsServer.start(bin, path.join(dir, 'nats'));
+    const withNats = new RootServer(defaultConfig(), { host: '127.0.0.1', port: 0, shards: shards.map((x) => [x.addr]), drainTimeoutMs: 100, nats: nats.url }, pino({ level: 'silent' }));
+    const client = adminClient(`127.0.0.1:${await withNats.listen()}`);
+    const nc = await connect({ servers: nats.url });
+    try {
+      const cluster = defaultConfig().cluster;
+      const jsm = await jetstreamManager(nc);
+      await jsm.streams.add({ name: cluster.stream, subjects: [`${cluster.subject_prefix}.>`] });
+      const js = jetstream(nc);
+      // Writes another root or a replica made: this root never saw them.
+      const s1 = (await js.publish(`${cluster.subject_prefix}.2.1`, new TextEncoder().encode('{}'))).seq;
+      const s0 = (await js.publish(`${cluster.subject_prefix}.2.0`, new TextEncoder().encode('{}'))).seq;
+      await js.publish(`${cluster.subject_prefix}.3.1`, new TextEncoder().encode('{}')); // another cluster shape's subject: not shard 1 of 2
+      const ids = [idOfShard(0, 'n'), idOfShard(1, 'n')];
+      // The root connects in the background: ask until it has.
+      await waitFor('the root to read the stream', async () => {
+        await client.getAds({ ad_ids: ids });
+        return shards[0].getAdsMinSeq.at(-1) !== '0';
+      }, 20_000);
+      assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], [String(s0), String(s1)]);
+      // The caller's larger token still counts.
+      await client.getAds({ ad_ids: ids, min_seq: '1000' });
+      assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['1000', '1000']);
+      // NATS gone: GetAds is still answered, with the root's own watermark (one write through it).
+      await client.upsertAds({ ads: [ad(ids[0])] });
+      await nats.stop('SIGKILL');
+      assert.equal((await client.getAds({ ad_ids: ids }, { deadlineMs: 5000 })).ads.length, 2);
+      assert.deepEqual([shards[0].getAdsMinSeq.at(-1), shards[1].getAdsMinSeq.at(-1)], ['100', '0']);
+    } finally {
+      client.close();
+      withNats.forceStop();
+      await nc.close().catch(() => undefined);
+      await nats.stop('SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('when GetAds min_seq is past 2^53 - 1, then the root answers INVALID_ARGUMENT naming min_seq and asks no shard', async () => {
