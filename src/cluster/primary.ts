@@ -93,7 +93,13 @@ export function runPrimary(opts: PrimaryOptions): Promise<number> {
     };
 
     const send = (slot: Slot, m: PrimaryMessage) => {
-      if (slot.worker?.isConnected()) slot.worker.send(m);
+      const w = slot.worker;
+      if (!w?.isConnected()) return;
+      // A worker that is exiting can still look connected: without a callback, the EPIPE of that
+      // send is an uncaught 'error' that kills the primary (exit 1) and every worker with it.
+      w.send(m, (err: Error | null) => {
+        if (err && !stopping) log.warn({ worker: slot.index, err: err.message, message: m.funnel }, 'could not send to a worker (it is exiting?)');
+      });
     };
 
     const fork = (slot: Slot, early: boolean) => {
@@ -111,6 +117,8 @@ export function runPrimary(opts: PrimaryOptions): Promise<number> {
         if (isFunnelMessage(m)) onMessage(slot, m as WorkerMessage);
       });
       w.on('exit', (code, signal) => onExit(slot, w, code, signal));
+      // IPC errors of a dying worker: its 'exit' follows and is handled there.
+      w.on('error', (err) => log.warn({ worker: slot.index, err: err.message }, 'worker channel error'));
     };
 
     const tellListen = (slot: Slot) => {

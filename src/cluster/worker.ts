@@ -27,7 +27,9 @@ export interface WorkerLink {
 }
 
 function send(m: WorkerMessage): void {
-  if (process.connected) process.send!(m);
+  // With a callback, the EPIPE of a send racing the primary's exit is not an uncaught error; the
+  // channel's 'disconnect' then stops this worker.
+  if (process.connected) process.send!(m, undefined, undefined, () => undefined);
 }
 
 /** Joins the primary (call once, in a cluster worker, before start()). */
