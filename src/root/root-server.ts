@@ -185,10 +185,7 @@ export class RootServer {
         this.route(call, 'DeleteAds', 'ad_ids', (id: string) => id, sumCounted('deleted'), (r: { ad_ids?: string[] }) => validateAdIds('ad_ids', r.ad_ids, this.config_)),
       ),
       GetAds: this.unary('funnel.v1.Admin', 'GetAds', (call) =>
-        this.route(call, 'GetAds', 'ad_ids', (id: string) => id, concatAds, (r: { ad_ids?: string[]; min_seq?: string }) => {
-          validateAdIds('ad_ids', r.ad_ids, this.config_);
-          validateSeq('min_seq', r.min_seq);
-        }),
+        this.route(call, 'GetAds', 'ad_ids', (id: string) => id, concatAds, (r: { ad_ids?: string[] }) => validateAdIds('ad_ids', r.ad_ids, this.config_)),
       ),
       ReportSpend: this.unary('funnel.v1.Admin', 'ReportSpend', (call) =>
         this.route(call, 'ReportSpend', 'entries', (e: { ad_id?: string }) => e.ad_id, sumCounted('applied'), (r: { entries?: SpendEntryMessage[] }) =>
@@ -572,20 +569,17 @@ export class RootServer {
   ): Promise<unknown> {
     this.authorize(call);
     const req = (call.request ?? {}) as Record<string, unknown>;
+    // The validator refuses an empty list and an item without an ad_id, naming the field.
     validate(req as never);
-    const items = (req[field] as T[] | undefined) ?? [];
-    if (items.length === 0) throw new RpcError(grpc.status.INVALID_ARGUMENT, `${field}: must not be empty`);
+    const read = method === 'GetAds';
+    const minSeq = read ? validateSeq('min_seq', req.min_seq as string | undefined) : 0;
     const count = this.groups.length;
     const parts = this.groups.map(() => ({ items: [] as T[], index: [] as number[] }));
-    items.forEach((item, i) => {
-      const id = idOf(item);
-      if (typeof id !== 'string' || id.length === 0) throw new RpcError(grpc.status.INVALID_ARGUMENT, `${field}[${i}]${field === 'ad_ids' ? '' : '.ad_id'}: is required`);
-      const p = parts[shardOf(id, count)];
+    ((req[field] as T[] | undefined) ?? []).forEach((item, i) => {
+      const p = parts[shardOf(idOf(item)!, count)];
       p.items.push(item);
       p.index.push(i);
     });
-    const read = method === 'GetAds';
-    const minSeq = read ? validateSeq('min_seq', req.min_seq as string | undefined) : 0;
     const deadline = this.deadlineOf(call);
     const md = this.forwardMetadata(call);
     const asked = parts.map((p, s) => ({ s, p })).filter((x) => x.p.items.length > 0);
