@@ -361,3 +361,49 @@ export class ExpiryTimer {
     this.atMs = Infinity;
   }
 }
+
+/** The deadline a gRPC call carries, epoch ms (Infinity when it has none). */
+export function callDeadline(call: { getDeadline(): Date | number }): number {
+  const d = call.getDeadline();
+  return d instanceof Date ? d.getTime() : d;
+}
+
+/** A call's deadline, or `defaultMs` from now when the caller sent none (limits.default_deadline_ms). */
+export function deadlineOr(call: { getDeadline(): Date | number }, defaultMs: number): number {
+  const d = callDeadline(call);
+  return Number.isFinite(d) ? d : Date.now() + defaultMs;
+}
+
+/** A waiting call whose client cancelled it. */
+export interface Cancelled {
+  kind: 'cancelled';
+  details: string;
+}
+
+/**
+ * Admits a gRPC call that may wait for a slot: returns its permit or refusal at once, or Waiting,
+ * and then `decided` hears, once, its permit or refusal when a slot frees or its wait runs out
+ * (`expiry` is armed for that), or Cancelled when its client cancels it while it waits.
+ */
+export function admitCall(
+  admission: AdmissionControl,
+  expiry: ExpiryTimer,
+  limits: AdmissionLimits,
+  call: { on(e: 'cancelled', f: () => void): unknown; removeListener(e: 'cancelled', f: () => void): unknown },
+  facts: CallFacts,
+  decided: (a: Permit | Refusal | Cancelled) => void,
+): Permit | Refusal | Waiting {
+  let waiting: Waiting | undefined;
+  const onCancel = () => {
+    if (waiting && admission.cancel(waiting)) decided({ kind: 'cancelled', details: 'cancelled by the client while waiting for a slot' });
+  };
+  const a = admission.admit(performance.now(), limits, facts, (outcome) => {
+    call.removeListener('cancelled', onCancel);
+    decided(outcome);
+  });
+  if (a.kind !== 'waiting') return a;
+  waiting = a;
+  call.on('cancelled', onCancel);
+  expiry.arm();
+  return a;
+}

@@ -27,12 +27,12 @@ import type { ServingState } from '../serving/state';
 import { ReplicationError, type ApplyResult, type Replica } from '../cluster/replica';
 import type { StreamMessage } from '../cluster/messages';
 import { shardOf } from '../cluster/shard';
-import { AdmissionControl, ExpiryTimer, type Permit, type Refusal, type ShedReason, type Waiting } from './admission';
+import { AdmissionControl, ExpiryTimer, admitCall, callDeadline, deadlineOr, type Permit, type Refusal, type ShedReason, type Waiting } from './admission';
 import { decodeRetrieveRequest, encodeRetrieveResponse, type DecodedRetrieve, type RetrieveResponseMessage } from './codec';
 import { retrieveFromJson } from './request-json';
 import { LoopLag } from './loop-lag';
 import { packageDefinition, reflectedDefinition } from './proto';
-import { RpcError, checkAttributes, invalid, recordToAd, validateAdIds, validateAds, validateEvents, validateRetrieve, validateSeq, validateSpendEntries, validateStatus, type AdMessage, type EventMessage, type SpendEntryMessage } from './validate';
+import { RpcError, invalid, recordToAd, validateAdIds, validateAds, validateEvents, validateRetrieve, validateSeq, validateSpendEntries, validateStatus, type AdMessage, type EventMessage, type SpendEntryMessage } from './validate';
 
 /** TLS files for both services; `clientCa` turns on mutual TLS (client certificates required). */
 export interface TlsOptions {
@@ -487,18 +487,15 @@ export class FunnelServer {
   private admit(call: grpc.ServerUnaryCall<unknown, unknown>, resume?: (a: Permit | EarlyAnswer) => void): Permit | EarlyAnswer | Waiting {
     if (this.draining) return early(grpc.status.UNAVAILABLE, 'server is shutting down');
     if (!this.state_ || !this.funnel_) return early(grpc.status.UNAVAILABLE, 'the data is still loading');
-    const d = call.getDeadline();
-    const deadline = d instanceof Date ? d.getTime() : d;
-    const remainingMs = Number.isFinite(deadline) ? deadline - Date.now() : Infinity;
+    const remainingMs = callDeadline(call) - Date.now();
     if (remainingMs <= 0) return early(grpc.status.DEADLINE_EXCEEDED, 'the deadline had passed before the call was handled');
     const facts = { remainingMs, loopLagMs: this.loopLag.lagMs };
     if (!resume) return this.admitted(this.admission.admit(performance.now(), this.config_.limits, facts));
-    let waiting: Waiting | undefined;
-    const onCancel = () => {
-      if (waiting && this.admission.cancel(waiting)) resume(early(grpc.status.CANCELLED, 'cancelled by the client while waiting for a slot'));
-    };
-    const a = this.admission.admit(performance.now(), this.config_.limits, facts, (outcome) => {
-      call.removeListener('cancelled', onCancel);
+    const a = admitCall(this.admission, this.expiry, this.config_.limits, call, facts, (outcome) => {
+      if (outcome.kind === 'cancelled') {
+        resume(early(grpc.status.CANCELLED, outcome.details));
+        return;
+      }
       const answer = this.admitted(outcome);
       if (answer.kind === 'admitted' && this.draining) {
         this.admission.release(answer, performance.now(), this.config_.limits, false);
@@ -507,11 +504,7 @@ export class FunnelServer {
         resume(answer);
       }
     });
-    if (a.kind !== 'waiting') return this.admitted(a);
-    waiting = a;
-    call.on('cancelled', onCancel);
-    this.expiry.arm();
-    return a;
+    return a.kind === 'waiting' ? a : this.admitted(a);
   }
 
   /** A permit as it is; a refusal counted (hook, metric) and turned into RESOURCE_EXHAUSTED. */
@@ -549,9 +542,7 @@ export class FunnelServer {
       const req = typeof request === 'function' ? request() : request;
       const routed = route(config, typeof req.user_id === 'string' ? req.user_id : '', typeof req.pipeline === 'string' ? req.pipeline : '');
       const query = withFieldPrefix(fieldPrefix, () => validateRetrieve(req, config, state.dim, routed.pipeline));
-      const d = call.getDeadline();
-      const callDeadline = d instanceof Date ? d.getTime() : d;
-      const deadlineMs = Number.isFinite(callDeadline) ? callDeadline : Date.now() + config.limits.default_deadline_ms;
+      const deadlineMs = deadlineOr(call, config.limits.default_deadline_ms);
       const metrics = this.telemetry.metrics;
       const recordStage = metrics ? (r: StageReport) => metrics.stage(query.pipeline, r) : undefined;
       const telemetryObserver = t ? t.stageObserver(recordStage) : recordStage ? { start: () => recordStage } : undefined;
@@ -695,9 +686,7 @@ export class FunnelServer {
     const minSeq = validateSeq('min_seq', req.min_seq);
     const state = this.state;
     if (minSeq > 0) {
-      const d = call.getDeadline();
-      const callDeadline = d instanceof Date ? d.getTime() : d;
-      const deadlineMs = Number.isFinite(callDeadline) ? callDeadline : Date.now() + this.config_.limits.default_deadline_ms;
+      const deadlineMs = deadlineOr(call, this.config_.limits.default_deadline_ms);
       const abort = new AbortController();
       const onCancel = () => abort.abort();
       call.once('cancelled', onCancel);

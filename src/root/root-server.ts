@@ -45,7 +45,7 @@ import {
   type SpendEntryMessage,
 } from '../grpc/validate';
 import { checkBearer, rawRetrievalService, serverOptions } from '../grpc/server';
-import { AdmissionControl, ExpiryTimer, type Permit, type Refusal, type Waiting } from '../grpc/admission';
+import { AdmissionControl, ExpiryTimer, admitCall, callDeadline, deadlineOr, type Cancelled, type Permit, type Refusal } from '../grpc/admission';
 import { LoopLag } from '../grpc/loop-lag';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
@@ -337,35 +337,24 @@ export class RootServer {
         this.run(service, method, fn, call, callback, started);
         return;
       }
-      const d = call.getDeadline();
-      const deadline = d instanceof Date ? d.getTime() : d;
-      const remainingMs = Number.isFinite(deadline) ? deadline - Date.now() : Infinity;
+      const remainingMs = callDeadline(call) - Date.now();
       if (remainingMs <= 0) {
         this.telemetry.metrics?.shedRequest('deadline');
         refuse(grpc.status.DEADLINE_EXCEEDED, 'the deadline had passed before the call was handled');
         return;
       }
-      let waiting: Waiting | undefined;
-      const onCancel = () => {
-        if (waiting && this.admission.cancel(waiting)) refuse(grpc.status.CANCELLED, 'cancelled by the client while waiting for a slot');
-      };
-      const decided = (a: Permit | Refusal) => {
-        call.removeListener('cancelled', onCancel);
+      const decided = (a: Permit | Refusal | Cancelled) => {
         if (a.kind === 'admitted') {
           this.run(service, method, fn, call, callback, started, a);
+        } else if (a.kind === 'cancelled') {
+          refuse(grpc.status.CANCELLED, a.details);
         } else {
           this.telemetry.metrics?.shedRequest(a.reason);
           refuse(grpc.status.RESOURCE_EXHAUSTED, a.details);
         }
       };
-      const a = this.admission.admit(performance.now(), this.config_.limits, { remainingMs, loopLagMs: this.loopLag.lagMs }, decided);
-      if (a.kind === 'waiting') {
-        waiting = a;
-        call.once('cancelled', onCancel);
-        this.expiry.arm();
-      } else {
-        decided(a);
-      }
+      const a = admitCall(this.admission, this.expiry, this.config_.limits, call, { remainingMs, loopLagMs: this.loopLag.lagMs }, decided);
+      if (a.kind !== 'waiting') decided(a);
     };
   }
 
@@ -418,11 +407,9 @@ export class RootServer {
     if (this.options.adminToken !== undefined) checkBearer(call.metadata, this.options.adminToken);
   }
 
+  /** The call's deadline; with none from the caller, the shards get the config's default request budget. */
   private deadlineOf(call: grpc.ServerUnaryCall<unknown, unknown>): number {
-    const d = call.getDeadline();
-    const ms = d instanceof Date ? d.getTime() : d;
-    // No deadline from the caller: the shards get the config's default request budget.
-    return Number.isFinite(ms) ? ms : Date.now() + this.config_.limits.default_deadline_ms;
+    return deadlineOr(call, this.config_.limits.default_deadline_ms);
   }
 
   /** Metadata passed to a shard: the caller's authorization, and the trace context. */
