@@ -34,7 +34,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import type { ClusterConfig, Config } from '../config/schema';
-import { CatalogStore, DataDirError } from '../store/catalog-store';
+import { CatalogStore, DataDirError, isDirectoryEmpty } from '../store/catalog-store';
 import type { ServingState } from '../serving/state';
 import { PopularityState } from '../serving/popularity';
 import { BadMessage, decodeMessage, encodeMessage, type StreamMessage } from './messages';
@@ -82,9 +82,9 @@ export interface ReplicaObserver {
   snapshot?(outcome: 'taken' | 'failed' | 'restored' | 'restore_failed', seconds: number): void;
 }
 
-/** Connects to NATS (retrying forever) and makes sure the stream exists. */
-export async function connectStream(url: string, cluster: ClusterConfig, name: string, log: Logger): Promise<{ nc: NatsConnection; js: JetStreamClient; jsm: JetStreamManager }> {
-  const nc = await connect({
+/** Connects to NATS URL(s) (comma-separated), retrying forever, then reconnecting by itself; a dead server is noticed in about 10 s. */
+export function connectNats(url: string, name: string): Promise<NatsConnection> {
+  return connect({
     servers: url.split(','),
     name,
     maxReconnectAttempts: -1,
@@ -93,6 +93,11 @@ export async function connectStream(url: string, cluster: ClusterConfig, name: s
     pingInterval: 5_000,
     maxPingOut: 2,
   });
+}
+
+/** Connects to NATS (retrying forever) and makes sure the stream exists. */
+export async function connectStream(url: string, cluster: ClusterConfig, name: string, log: Logger): Promise<{ nc: NatsConnection; js: JetStreamClient; jsm: JetStreamManager }> {
+  const nc = await connectNats(url, name);
   // A JetStream cluster that is still forming or electing its leader answers 503 / "temporarily
   // unavailable" (or nothing) for a while: every attempt is bounded, and retried for up to 2 minutes.
   const started = Date.now();
@@ -113,7 +118,8 @@ export async function connectStream(url: string, cluster: ClusterConfig, name: s
   }
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+/** `p`, or a rejection naming `what` once `ms` have passed. */
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     p.finally(() => clearTimeout(timer)),
@@ -247,7 +253,7 @@ export class Replica {
     const started = Date.now();
     // An empty directory: from the shard's newest snapshot when there is one, then the stream after it.
     let snapshot: { stream_seq: number; ads: number; bytes: number; seconds: number } | null = null;
-    if (this.config.cluster.snapshot.restore && isEmptyDir(dataDir)) {
+    if (this.config.cluster.snapshot.restore && isDirectoryEmpty(dataDir)) {
       await this.connect();
       snapshot = await this.restoreSnapshot(dataDir);
     }
@@ -760,14 +766,4 @@ export class Replica {
 
 function toIncoming(m: JsMsg): Incoming {
   return { seq: m.seq, timestampMs: m.info.timestampNanos / 1e6, pending: m.info.pending, data: m.data, subject: m.subject };
-}
-
-/** True when `dir` does not exist or holds nothing. */
-function isEmptyDir(dir: string): boolean {
-  try {
-    return fs.readdirSync(dir).length === 0;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
-    throw err;
-  }
 }

@@ -22,7 +22,7 @@ import { createHash } from 'node:crypto';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { Objm, StorageType, type ObjectInfo, type ObjectStore } from '@nats-io/obj';
 import type { NatsConnection } from './replica';
-import { ANN_FILE, CatalogStore, DATA_FORMAT_VERSION, LMDB_FILE, MARKER_FILE } from '../store/catalog-store';
+import { ANN_FILE, CatalogStore, LMDB_FILE, writeDataMarker } from '../store/catalog-store';
 
 export interface SnapshotManifest {
   v: 1;
@@ -102,7 +102,7 @@ export class ShardSnapshots {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
     await store.backup(path.join(work, LMDB_FILE));
-    writeMarker(work);
+    writeDataMarker(work);
     const copy = CatalogStore.open(work);
     let manifest: SnapshotManifest;
     try {
@@ -149,7 +149,7 @@ export class ShardSnapshots {
       }
       if (m.ann_bytes > 0) await this.getFile(ANN_FILE, path.join(dir, ANN_FILE));
       // The marker last: until it is there, the directory is not a data directory.
-      writeMarker(dir);
+      writeDataMarker(dir);
       return m;
     } catch (err) {
       clearDir(dir);
@@ -220,12 +220,6 @@ export function parseDigest(digest: string): Buffer | null {
   if (!m) return null;
   const b = Buffer.from(m[1].replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, ''), 'base64url');
   return b.length === 32 ? b : null;
-}
-
-function writeMarker(dir: string): void {
-  const marker = path.join(dir, MARKER_FILE);
-  fs.writeFileSync(`${marker}.tmp`, JSON.stringify({ format: 'funnel-data', version: DATA_FORMAT_VERSION }) + '\n');
-  fs.renameSync(`${marker}.tmp`, marker);
 }
 
 function clearDir(dir: string): void {

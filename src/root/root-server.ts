@@ -50,9 +50,8 @@ import { LoopLag } from '../grpc/loop-lag';
 import type { Metrics } from '../telemetry/metrics';
 import type { RequestTrace, RequestTracer } from '../telemetry/request-tracer';
 import { extractContext } from '../telemetry/tracing';
-import { connect } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
-import type { NatsConnection } from '../cluster/replica';
+import { connectNats, withTimeout, type NatsConnection } from '../cluster/replica';
 import { shardOf, shardSubject } from '../cluster/shard';
 import { ReplicaLink, ShardGroup, type ShardOutcome } from './shards';
 
@@ -223,7 +222,7 @@ export class RootServer {
   private connectStream(url: string): void {
     void (async () => {
       try {
-        const nc = await connect({ servers: url.split(','), name: 'funnel-root', maxReconnectAttempts: -1, reconnectTimeWait: 250, waitOnFirstConnect: true });
+        const nc = await connectNats(url, 'funnel-root');
         if (this.closed) {
           await nc.close();
           return;
@@ -246,10 +245,7 @@ export class RootServer {
     const c = this.config_.cluster;
     const subject = shardSubject(c.subject_prefix, { index: s, count: this.groups.length });
     try {
-      const m = await Promise.race([
-        st.jsm.streams.getMessage(c.stream, { last_by_subj: subject }),
-        new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref()),
-      ]);
+      const m = await withTimeout(st.jsm.streams.getMessage(c.stream, { last_by_subj: subject }), ms, `the last message of ${subject}`);
       return m ? m.seq : 0;
     } catch (err) {
       this.log.debug({ err: (err as Error).message, subject }, 'reading the stream watermark failed; using the root\'s own');

@@ -204,8 +204,22 @@ function lmdbHeaderProblem(file: string): string | null {
   }
 }
 
-function isDirectoryEmpty(dir: string): boolean {
-  return fs.readdirSync(dir).length === 0;
+/** True when `dir` holds nothing (or does not exist). */
+export function isDirectoryEmpty(dir: string): boolean {
+  try {
+    return fs.readdirSync(dir).length === 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
+}
+
+/** Writes the format marker that makes `dir` a data directory (atomically: temp file, rename). */
+export function writeDataMarker(dir: string): void {
+  const markerPath = path.join(dir, MARKER_FILE);
+  const tmp = `${markerPath}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify({ format: 'funnel-data', version: DATA_FORMAT_VERSION }) + '\n');
+  fs.renameSync(tmp, markerPath);
 }
 
 /**
@@ -300,9 +314,7 @@ export class CatalogStore {
           ann: DEFAULT_ANN,
         });
       });
-      const tmp = `${markerPath}.tmp`;
-      fs.writeFileSync(tmp, JSON.stringify({ format: 'funnel-data', version: DATA_FORMAT_VERSION }) + '\n');
-      fs.renameSync(tmp, markerPath);
+      writeDataMarker(abs);
     } else {
       const m = store.meta.get('meta');
       if (!m || m.format !== 'funnel-data') {
