@@ -39,7 +39,7 @@ import type { ServingState } from '../serving/state';
 import { PopularityState } from '../serving/popularity';
 import { BadMessage, decodeMessage, encodeMessage, type StreamMessage } from './messages';
 import { shardSubject, type ShardSpec } from './shard';
-import { ShardSnapshots, openSnapshotStore, type SnapshotManifest } from './snapshot';
+import { ShardSnapshots, openSnapshotStore, readChunks, type SnapshotManifest } from './snapshot';
 
 /** A NATS connection. */
 export type NatsConnection = Awaited<ReturnType<typeof connect>>;
@@ -302,7 +302,8 @@ export class Replica {
     if (!this.snapshots_) {
       const c = this.config.cluster;
       const os = await openSnapshotStore(this.nc!, c.snapshot.bucket, c.stream_replicas);
-      this.snapshots_ = new ShardSnapshots(os, `${this.shard.count}.${this.shard.index}`, this.js!);
+      const js = this.js!;
+      this.snapshots_ = new ShardSnapshots(os, `${this.shard.count}.${this.shard.index}`, (info) => readChunks(js, info));
     }
     return this.snapshots_;
   }

@@ -17,7 +17,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { createHash } from 'node:crypto';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { Objm, StorageType, type ObjectInfo, type ObjectStore } from '@nats-io/obj';
@@ -70,10 +69,10 @@ export class ShardSnapshots {
     /** `<N>.<I>` */
     private readonly key: string,
     /**
-     * Reads objects chunk by chunk as the file takes them. Without it, the object store's own
-     * reader is used, which buffers a whole object in memory when the disk is slower than NATS.
+     * Reads an object's bytes as the file takes them: readChunks over JetStream. (The object
+     * store's own reader buffers a whole object in memory when the disk is slower than NATS.)
      */
-    private readonly js?: JetStreamClient,
+    private readonly read: (info: ObjectInfo) => AsyncIterable<Uint8Array>,
   ) {}
 
   private name(file: string): string {
@@ -158,19 +157,11 @@ export class ShardSnapshots {
   }
 
   private async getFile(file: string, to: string): Promise<boolean> {
+    const info = await this.os.info(this.name(file));
+    if (!info || info.deleted) return false;
     const tmp = `${to}.part`;
     try {
-      if (this.js) {
-        const info = await this.os.info(this.name(file));
-        if (!info || info.deleted) return false;
-        await pipeline(Readable.from(readChunks(this.js, info)), fs.createWriteStream(tmp));
-      } else {
-        const r = await this.os.get(this.name(file));
-        if (!r) return false;
-        await pipeline(Readable.fromWeb(r.data as unknown as WebReadableStream<Uint8Array>), fs.createWriteStream(tmp));
-        const err = await r.error;
-        if (err) throw err;
-      }
+      await pipeline(Readable.from(this.read(info)), fs.createWriteStream(tmp));
     } catch (err) {
       fs.rmSync(tmp, { force: true });
       throw err;

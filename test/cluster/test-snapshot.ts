@@ -1,7 +1,6 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ReadableStream } from 'node:stream/web';
 import type { ObjectStore } from '@nats-io/obj';
 import { ShardSnapshots, parseManifest } from '../../src/cluster/snapshot';
 import { ANN_FILE, CatalogStore, LMDB_FILE, MARKER_FILE } from '../../src/store/catalog-store';
@@ -26,20 +25,19 @@ class MemoryObjectStore {
     this.objects.set(meta.name, new Uint8Array(Buffer.concat(parts)));
     return {};
   }
-  async get(name: string): Promise<{ data: ReadableStream<Uint8Array>; error: Promise<Error | null> } | null> {
+  async info(name: string): Promise<{ name: string; size: number; deleted: boolean } | null> {
     const b = this.objects.get(name);
-    if (!b) return null;
-    const failing = this.failGet === name;
-    return {
-      data: new ReadableStream<Uint8Array>({
-        start(c) {
-          c.enqueue(b.subarray(0, Math.floor(b.length / 2)));
-          if (!failing) c.enqueue(b.subarray(Math.floor(b.length / 2)));
-          c.close();
-        },
-      }),
-      error: Promise.resolve(failing ? new Error('chunk missing') : null),
-    };
+    return b ? { name, size: b.length, deleted: false } : null;
+  }
+  /** The reader ShardSnapshots is given: an object's bytes in two chunks; a broken one stops after the first. */
+  async *read(info: { name: string }): AsyncGenerator<Uint8Array> {
+    const b = this.objects.get(info.name)!;
+    yield b.subarray(0, Math.floor(b.length / 2));
+    if (this.failGet === info.name) throw new Error('chunk missing');
+    yield b.subarray(Math.floor(b.length / 2));
+  }
+  snapshots(key: string): ShardSnapshots {
+    return new ShardSnapshots(this as unknown as ObjectStore, key, (info) => this.read(info));
   }
   async delete(name: string): Promise<unknown> {
     this.objects.delete(name);
@@ -69,7 +67,7 @@ describe('cluster/snapshot', () => {
   it('when a snapshot is taken and restored, then the new directory holds the same ads, embeddings and stream sequence number, and the ANN file', async () => {
     const data = await dataDir(50, 42);
     const os = new MemoryObjectStore();
-    const snaps = new ShardSnapshots(os as unknown as ObjectStore, '2.1');
+    const snaps = os.snapshots('2.1');
     const src = CatalogStore.open(data);
     const m = await snaps.take(src, path.join(dir, 'work'), '1/2', STREAM);
     await src.close();
@@ -105,7 +103,7 @@ describe('cluster/snapshot', () => {
 
   it('when the newest snapshot is of another stream (recreated) or there is none, then nothing is restored and the directory stays empty', async () => {
     const os = new MemoryObjectStore();
-    const snaps = new ShardSnapshots(os as unknown as ObjectStore, '1.0');
+    const snaps = os.snapshots('1.0');
     const to = path.join(dir, 'restored');
     assert.equal(await snaps.restore(to, STREAM), null);
     const data = await dataDir(5, 7);
@@ -120,7 +118,7 @@ describe('cluster/snapshot', () => {
   it('when a file cannot be read whole, then restore fails and leaves the directory empty (the caller fills it from the stream)', async () => {
     const data = await dataDir(5, 3);
     const os = new MemoryObjectStore();
-    const snaps = new ShardSnapshots(os as unknown as ObjectStore, '1.0');
+    const snaps = os.snapshots('1.0');
     const src = CatalogStore.open(data);
     await snaps.take(src, path.join(dir, 'work'), '0/1', STREAM);
     await src.close();
